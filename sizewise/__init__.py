@@ -1,0 +1,2 @@
+"""sizewise: exact sizes, measured compression."""
+__version__ = "0.1.0"
