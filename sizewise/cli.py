@@ -80,7 +80,7 @@ def inspect(
 @user_errors
 def plan(
     model: str = typer.Argument(..., help="Preset name, config.json, model directory or .gguf file."),
-    hardware: str = typer.Option(..., "--hardware", help="Accelerator name (see --list-hardware) or 'cpu'."),
+    hardware: str = typer.Option(..., "--hardware", help="Accelerator name or alias (see `sizewise hardware`) or 'cpu'."),
     gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
     nodes: int = typer.Option(1, "--nodes"),
     context: int = typer.Option(4096, "--context"),
@@ -111,9 +111,144 @@ def hardware_list(json_out: bool = typer.Option(False, "--json")) -> None:
 
 # --- compress / eval / study (compression core) ---
 
+@app.command()
+@user_errors
+def compress(
+    model: str = typer.Argument(..., help="HF directory, .gguf file, or 'bundled'."),
+    recipe: str = typer.Option(..., "--recipe", help="fp32 fp16 bf16 torch-dynamic int8-wo int8-dyn int8-static "
+                               "int4-g32 int4-g64 int4-g128 int4-gptq-g64 int4-gptq-g128, or a .json/.yaml file."),
+    out: str = typer.Option(..., "--out", help="Output directory (refused if it exists, unless --force)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    calib_file: Optional[str] = typer.Option(None, "--calib-file", help="Calibration text (default: corpus after token 16384)."),
+    calib_tokens: Optional[int] = typer.Option(None, "--calib-tokens", help="Calibration tokens (recipe default otherwise)."),
+    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Tensor-by-tensor (default: on for HF dirs with RTN recipes)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    prune: Optional[str] = typer.Option(None, "--prune", help="magnitude | wanda | sparsegpt"),
+    sparsity: Optional[str] = typer.Option(None, "--sparsity", help="0.5 | 2:4 | 4:8"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="oneshot | progressive"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Recovery steps (progressive pruning)."),
+    train_file: Optional[str] = typer.Option(None, "--train-file", help="Text for pruning recovery."),
+) -> None:
+    """Quantize (and optionally prune) a model into a self-contained checkpoint directory."""
+    from sizewise.commands.compress import compress_command
+    compress_command(model=model, recipe=recipe, out=out, force=force, calib_file=calib_file,
+                     calib_tokens=calib_tokens, stream=stream, json_out=json_out,
+                     prune_opts={"prune": prune, "sparsity": sparsity, "schedule": schedule, "steps": steps,
+                                 "train_file": train_file})
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    model: str = typer.Argument(..., help="'bundled', a .gguf file, an HF or sizewise-compressed directory."),
+    against: Optional[str] = typer.Option(None, "--against", help="Parent model: adds KL divergence and top-1 agreement."),
+    text: Optional[list[str]] = typer.Option(None, "--text", help="Evaluation text file(s) instead of pydoc_data.topics."),
+    tokens: int = typer.Option(8192, "--tokens", help="Evaluate the first N tokens."),
+    window: int = typer.Option(512, "--window", help="Non-overlapping window length; each scored on its own."),
+    no_speed: bool = typer.Option(False, "--no-speed", help="Skip prefill/decode timing."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (as stored; GGUF: fp32) | fp32 | bf16 | fp16"),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+) -> None:
+    """Perplexity, KLD and top-1 vs a parent, size, load time, prefill/decode speed, peak RSS, kernels."""
+    from sizewise.commands.eval import eval_command
+    eval_command(model=model, against=against, text=text, tokens=tokens, window=window, no_speed=no_speed,
+                 json_out=json_out, out=out, dtype=dtype)
+
+
+@app.command()
+@user_errors
+def study(
+    model: str = typer.Argument(..., help="'bundled', a .gguf file or an HF directory (the fp32 parent)."),
+    quick: bool = typer.Option(False, "--quick", help="A 5-recipe subset on 4096 tokens (a few minutes)."),
+    recipes: Optional[str] = typer.Option(None, "--recipes", help="Comma-separated recipe names (fp32 is always added)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output directory (default: study-<model>/)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", help="Evaluation text file(s) instead of pydoc_data.topics."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="Evaluation tokens (default 8192; --quick 4096)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep every variant's checkpoint under OUT/variants/."),
+    json_out: bool = typer.Option(False, "--json", help="Print study.json to stdout."),
+) -> None:
+    """Run a recipe grid: size, compression, speedups, ppl, KLD, top-1 -> study.json, study.md, plots."""
+    from sizewise.commands.study import study_command
+    study_command(model=model, quick=quick, recipes=recipes, out=out, text=text, tokens=tokens, keep=keep,
+                  json_out=json_out)
+
+
 # --- prune / share (sparsity) ---
 
+@app.command()
+@user_errors
+def share(
+    model: str = typer.Argument(..., help="Model directory, .gguf file, or 'bundled'."),
+    out: str = typer.Option(..., "--out", help="Output directory (written atomically)."),
+    group_size: int = typer.Option(2, "--group-size", help="Adjacent layers per sharing group."),
+    projections: str = typer.Option("mlp", "--projections", help="mlp | attn | all: which projections share."),
+    steps: int = typer.Option(0, "--steps", help="Fine-tuning steps for the shared bases (masks fixed)."),
+    train_file: Optional[str] = typer.Option(None, "--train-file", help="Text to fine-tune on (default: corpus after token 16384)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Parameter sharing: W_i = W_base * M_i across adjacent layers; real bytes saved and the error."""
+    from sizewise.commands.prune import share_command
+    share_command(model=model, out=out, group_size=group_size, projections=projections, steps=steps,
+                  train_file=train_file, force=force, json_out=json_out)
+
+
 # --- serve / bench-serve (serving) ---
+
+@app.command()
+@user_errors
+def serve(
+    model: str = typer.Argument(..., help="'bundled', a .gguf file, an HF or sizewise-compressed directory."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    kv_memory: Optional[str] = typer.Option(None, "--kv-memory", help="KV pool size, e.g. 512MiB (default: 20 % of free memory)."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Most sequences decoded together."),
+    block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
+    max_waiting: int = typer.Option(256, "--max-waiting", help="Queue length before answering 429."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Compress in memory first (e.g. int8-wo)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model id clients send (default: the file/dir name)."),
+    latency_target: float = typer.Option(0.5, "--latency-target", help="Decode step seconds allowed when admitting (0: off)."),
+) -> None:
+    """OpenAI-compatible server: continuous batching over a paged KV pool, /metrics and alerts."""
+    from sizewise.commands.serve import serve_command
+    serve_command(model=model, host=host, port=port, kv_memory=kv_memory, max_batch=max_batch, block_size=block_size,
+                  max_waiting=max_waiting, dtype=dtype, recipe=recipe, name=name,
+                  latency_target=latency_target or None)
+
+
+@app.command("bench-serve")
+@user_errors
+def bench_serve(
+    model: str = typer.Argument("bundled", help="Model to serve (see `serve`)."),
+    requests: int = typer.Option(32, "--requests", help="Requests per concurrency level."),
+    concurrency: str = typer.Option("1,4,16,32", "--concurrency", help="Comma-separated concurrency levels."),
+    max_tokens: int = typer.Option(32, "--max-tokens", help="Longest completion; each request draws from [max/4, max]."),
+    kv_memory: Optional[str] = typer.Option(None, "--kv-memory", help="KV pool size (default 1GiB)."),
+    max_batch: int = typer.Option(64, "--max-batch"),
+    block_size: int = typer.Option(16, "--block-size"),
+    dtype: str = typer.Option("fp32", "--dtype"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Compress in memory first (e.g. int8-wo)."),
+    static_batch: int = typer.Option(16, "--static-batch", help="Batch size of baseline (b)."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines"),
+    soak: int = typer.Option(0, "--soak", help="Also run N short requests (10 % cancelled, 5 % disconnected)."),
+    soak_model: Optional[str] = typer.Option(None, "--soak-model", help="Model for the soak (default: MODEL)."),
+    duration: float = typer.Option(1800.0, "--duration", help="Stop sending after this many seconds per level."),
+    out: str = typer.Option("benchmarks/results/bench_serve.json", "--out"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Load-test the server on localhost against generate() baselines; write JSON."""
+    from sizewise.commands.serve import bench_serve_command
+    try:
+        levels = [int(x) for x in concurrency.split(",") if x.strip()]
+    except ValueError:
+        raise SizewiseError(f"--concurrency must be comma-separated integers (got {concurrency!r})")
+    bench_serve_command(model=model, requests=requests, concurrency=levels, max_tokens=max_tokens, kv_memory=kv_memory,
+                        max_batch=max_batch, block_size=block_size, dtype=dtype, recipe=recipe,
+                        static_batch=static_batch, baselines=baselines, soak_requests=soak, soak_model=soak_model,
+                        duration_s=duration, out=out, seed=seed)
+
 
 
 def main() -> None:  # pragma: no cover
