@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench peer clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,6 +19,18 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/sizewise estimate deepseek-v3
 	$(VENV)/bin/sizewise inspect bundled
+	$(VENV)/bin/sizewise study bundled --quick
+
+# Benchmarks print tables and write benchmarks/results/*.json (ratios against a baseline from the same run).
+bench: install
+	$(PY) benchmarks/bench_compress.py
+	$(PY) benchmarks/bench_sparsity.py
+	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/bench_streaming.py
+
+# Optional peer: llama.cpp through llama-cpp-python (compiles from source, several minutes).
+peer: install
+	$(PIP) install -q llama-cpp-python
 
 test: install
 	$(PY) -m pytest tests
