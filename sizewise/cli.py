@@ -121,7 +121,7 @@ def compress(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
     calib_file: Optional[str] = typer.Option(None, "--calib-file", help="Calibration text (default: corpus after token 16384)."),
     calib_tokens: Optional[int] = typer.Option(None, "--calib-tokens", help="Calibration tokens (recipe default otherwise)."),
-    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Tensor-by-tensor (default: on for HF dirs with RTN recipes)."),
+    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Tensor by tensor (GPTQ: layer by layer); default: on for HF safetensors dirs."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     prune: Optional[str] = typer.Option(None, "--prune", help="magnitude | wanda | sparsegpt"),
     sparsity: Optional[str] = typer.Option(None, "--sparsity", help="0.5 | 2:4 | 4:8"),
@@ -186,12 +186,13 @@ def share(
     steps: int = typer.Option(0, "--steps", help="Fine-tuning steps for the shared bases (masks fixed)."),
     train_file: Optional[str] = typer.Option(None, "--train-file", help="Text to fine-tune on (default: corpus after token 16384)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    eval_tokens: int = typer.Option(8192, "--eval-tokens", help="Measure ppl/KLD vs the parent on this many corpus tokens (0 = skip)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Parameter sharing: W_i = W_base * M_i across adjacent layers; real bytes saved and the error."""
+    """Parameter sharing: W_i = W_base * M_i across adjacent layers; real bytes saved and the quality cost."""
     from sizewise.commands.prune import share_command
     share_command(model=model, out=out, group_size=group_size, projections=projections, steps=steps,
-                  train_file=train_file, force=force, json_out=json_out)
+                  train_file=train_file, force=force, json_out=json_out, eval_tokens=eval_tokens)
 
 
 # --- serve / bench-serve (serving) ---
@@ -224,7 +225,7 @@ def bench_serve(
     model: str = typer.Argument("bundled", help="Model to serve (see `serve`)."),
     requests: int = typer.Option(32, "--requests", help="Requests per concurrency level."),
     concurrency: str = typer.Option("1,4,16,32", "--concurrency", help="Comma-separated concurrency levels."),
-    max_tokens: int = typer.Option(32, "--max-tokens", help="Longest completion; each request draws from [max/4, max]."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Longest completion; each request draws from [max/4, max]."),
     kv_memory: Optional[str] = typer.Option(None, "--kv-memory", help="KV pool size (default 1GiB)."),
     max_batch: int = typer.Option(64, "--max-batch"),
     block_size: int = typer.Option(16, "--block-size"),
@@ -237,6 +238,7 @@ def bench_serve(
     duration: float = typer.Option(1800.0, "--duration", help="Stop sending after this many seconds per level."),
     out: str = typer.Option("benchmarks/results/bench_serve.json", "--out"),
     seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: cores, per the protocol)."),
 ) -> None:
     """Load-test the server on localhost against generate() baselines; write JSON."""
     from sizewise.commands.serve import bench_serve_command
@@ -247,7 +249,7 @@ def bench_serve(
     bench_serve_command(model=model, requests=requests, concurrency=levels, max_tokens=max_tokens, kv_memory=kv_memory,
                         max_batch=max_batch, block_size=block_size, dtype=dtype, recipe=recipe,
                         static_batch=static_batch, baselines=baselines, soak_requests=soak, soak_model=soak_model,
-                        duration_s=duration, out=out, seed=seed)
+                        duration_s=duration, out=out, seed=seed, threads=threads)
 
 
 

@@ -8,3 +8,29 @@ import pytest
 def bundled_path():
     from sizewise.io.bundled import bundled_gguf_path
     return bundled_gguf_path()
+
+
+# --- evaluation: the bundled model loaded once per session (fp32, dequantized GGUF; ~15 s) ---
+@pytest.fixture(scope="session")
+def bundled_model():
+    """LoadedModel(model, tokenizer, source, kind) of the bundled GGUF. Do not modify the model in
+    place: deepcopy it first (compressing mutates modules)."""
+    from sizewise.io.model_load import load_model
+    return load_model("bundled")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_model):
+    """A 2-layer random Llama (hidden 64, seed 0) saved as an HF directory with the bundled
+    tokenizer, so the protocol's corpus tokenizes exactly as for the real model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(bundled_model.tokenizer), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    bundled_model.tokenizer.save_pretrained(d)
+    return d

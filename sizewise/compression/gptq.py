@@ -1,0 +1,180 @@
+"""GPTQ (Frantar et al. 2022) for int4 group-wise weights, readable top to bottom.
+
+1. Hessian: H = 2/n * sum(x x^T) over the calibration inputs of each Linear (forward hooks).
+2. Damping: H += damp * mean(diag H) * I; dead inputs (diag 0) get H_ii = 1 and zero weights.
+3. Hinv = upper Cholesky factor of H^-1.
+4. Columns are quantized left to right in blocks; each column's rounding error is spread over the
+   not-yet-quantized columns through Hinv (lazy batch updates between blocks).
+5. Group params (scale, zero point) are computed when a group starts, from the *updated* weights
+   (as the reference does). With act_order, columns go in order of decreasing diag(H) and group
+   params are computed up front from the original weights ("static groups"), so groups stay
+   contiguous in the original column order and the storage / kernel are the same as RTN's.
+
+The sequential pipeline (`gptq_quantize_layers`) runs decoder layer after decoder layer: layer i is
+calibrated on the outputs of the already-quantized layers 0..i-1 (llm-compressor's sequential
+pipeline), so only one layer's activations are held at a time.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from sizewise.compression import quant as Q
+
+
+class HessianAccumulator:
+    """Running H = 2/n * sum x x^T, fed by a forward hook on one Linear."""
+
+    def __init__(self, k: int) -> None:
+        self.H = torch.zeros(k, k, dtype=torch.float32)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        self.H *= self.n / (self.n + m)
+        self.n += m
+        x = math.sqrt(2.0 / self.n) * x
+        self.H += x.t() @ x
+
+    def hook(self, module: nn.Module, inputs: tuple, output) -> None:
+        self.add(inputs[0].detach())
+
+
+def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, group_size: int, act_order: bool = False,
+                         damp: float = 0.01, block_size: int = 128
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w [N, K], H [K, K] -> (q int32 [N, K] in [0,15], scale [N, K/g], zp int32 [N, K/g]): RTN's layout."""
+    W = w.detach().float().clone()
+    n, k = W.shape
+    if k % group_size:
+        raise ValueError(f"group size {group_size} does not divide input dim {k}")
+    H = H.clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+    G = k // group_size
+    scale = torch.zeros(n, G, dtype=Q.SCALE_DTYPE)
+    zp = torch.zeros(n, G, dtype=torch.int32)
+    if act_order:
+        scale, zp = Q.group_qparams_int4(W, group_size)  # static groups from the original weights
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    else:
+        perm = torch.arange(k)
+    invperm = torch.argsort(perm)
+
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(k)
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+
+    # blocks hold whole groups, so a group starting inside a block sees the block's updated columns
+    block = max(group_size, (block_size // group_size) * group_size)
+    Qint = torch.zeros(n, k, dtype=torch.int32)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = int(perm[col]) // group_size
+            if not act_order and col % group_size == 0:
+                s, z = Q.group_qparams_int4(W1[:, i:i + group_size], group_size)
+                scale[:, g], zp[:, g] = s[:, 0], z[:, 0]
+            wcol = W1[:, i]
+            s, z = scale[:, g].float(), zp[:, g].float()
+            qcol = (torch.round(wcol / s) + z).clamp(0, 15)
+            Qint[:, col] = qcol.to(torch.int32)
+            err = (wcol - (qcol - z) * s) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return Qint[:, invperm].contiguous(), scale, zp
+
+
+# --- sequential pipeline over decoder layers ---
+
+class _Stop(Exception):
+    pass
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The decoder layer list (model.model.layers for llama-likes)."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and name.endswith("layers") and len(mod) > 0:
+            return name, mod
+    raise ValueError("no decoder layer list found (expected a ModuleList named '...layers')")
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, batches: Iterable[torch.Tensor]
+                         ) -> list[tuple[tuple, dict]]:
+    """Run the model up to layers[0] on each batch; return the (args, kwargs) layer 0 was called with."""
+    captured: list[tuple[tuple, dict]] = []
+
+    def pre_hook(mod, args, kwargs):
+        captured.append((args, dict(kwargs)))
+        raise _Stop
+
+    h = layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        for ids in batches:
+            try:
+                model(input_ids=ids, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    return captured
+
+
+def _hidden(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _with_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dict]:
+    """The same layer call with new hidden states (passed positionally or as a keyword)."""
+    if args:
+        return (h,) + tuple(args[1:]), kwargs
+    return (), {**kwargs, "hidden_states": h}
+
+
+@torch.no_grad()
+def run_sequential(model: nn.Module, calib: torch.Tensor, is_target: Callable[[str], bool],
+                   quantize_layer: Callable[[str, nn.Module, dict[str, HessianAccumulator]], None],
+                   progress: Callable[[int, int], None] | None = None,
+                   before_layer: Callable[[int, nn.Module], None] | None = None,
+                   after_layer: Callable[[int, nn.Module], None] | None = None) -> None:
+    """For each decoder layer: hook its target Linears, run the calibration inputs through it to fill
+    their Hessians, let `quantize_layer` replace them, then re-run the layer (now quantized) to make
+    the next layer's inputs. `before_layer`/`after_layer` let the streaming path read a layer's
+    weights from disk just in time and drop them once written."""
+    prefix, layers = decoder_layers(model)
+    inputs = capture_layer_inputs(model, layers, [calib[i:i + 1] for i in range(calib.shape[0])])
+    for li in range(len(layers)):
+        if before_layer:
+            before_layer(li, layers[li])
+        layer = layers[li]
+        lname = f"{prefix}.{li}"
+        accs: dict[str, HessianAccumulator] = {}
+        hooks = []
+        for name, mod in layer.named_modules():
+            full = f"{lname}.{name}"
+            if isinstance(mod, nn.Linear) and is_target(full):
+                accs[full] = HessianAccumulator(mod.in_features)
+                hooks.append(mod.register_forward_hook(accs[full].hook))
+        for args, kwargs in inputs:
+            layer(*args, **kwargs)
+        for h in hooks:
+            h.remove()
+        quantize_layer(lname, layer, accs)
+        inputs = [_with_hidden(args, kwargs, _hidden(layer(*args, **kwargs))) for args, kwargs in inputs]
+        if after_layer:
+            after_layer(li, layer)
+        if progress:
+            progress(li + 1, len(layers))

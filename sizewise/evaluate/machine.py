@@ -1,0 +1,64 @@
+"""Where a number was measured: every result JSON carries this (CPU model, cores, versions)."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cores() -> int:
+    """CPUs this process may run on (the affinity mask, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads() -> int:
+    """Protocol: torch threads = cores. Returns the number set."""
+    import torch
+
+    n = cores()
+    torch.set_num_threads(n)
+    return n
+
+
+def machine_info() -> dict:
+    import torch
+
+    info = {"cpu": cpu_model(), "cores": cores(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    try:
+        import transformers
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    try:
+        import sizewise
+        info["sizewise"] = getattr(sizewise, "__version__", "0.1.0")
+    except ImportError:
+        pass
+    try:
+        info["cpu_isa"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - older torch
+        pass
+    return info
+
+
+def command_line() -> str:
+    """The command that produced a result, as the user typed it (argv joined)."""
+    import shlex
+
+    prog = os.path.basename(sys.argv[0]) if sys.argv else "python"
+    return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])

@@ -1,0 +1,391 @@
+"""The engine loop: one background thread owns the scheduler, the runner and the pool.
+
+Other threads (the API's event loop, a benchmark) talk to it only through `submit` and
+`abort`, which post to an inbox; results come back on each request's handle (an asyncio
+queue when submitted from an event loop, a thread queue otherwise). New requests join the
+running batch at token boundaries; finished, cancelled or failed ones leave at once and
+their blocks go back to the pool in the same step.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from sizewise.serve.kv_pool import KVPool
+from sizewise.serve.metrics import AlertRule, EngineMetrics
+from sizewise.serve.runner import ModelRunner, StepInput, kv_layout, max_context
+from sizewise.serve.sampling import SamplingParams, find_stop, safe_emit_len, sample
+from sizewise.serve.scheduler import Scheduler, SchedulerConfig, Sequence, Status
+
+log = logging.getLogger("sizewise.serve")
+
+
+class BadRequest(ValueError):
+    """The request cannot be served as asked (HTTP 400)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class QueueFull(RuntimeError):
+    """Too many requests waiting (HTTP 429)."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine is shutting down and admits nothing new (HTTP 503)."""
+
+
+@dataclass
+class EngineConfig:
+    kv_memory_bytes: int | None = None  # None: `kv_fraction` of available memory
+    kv_fraction: float = 0.2
+    block_size: int = 16
+    max_batch: int = 32
+    max_waiting: int = 256
+    max_prefill_tokens: int = 4096
+    latency_target_s: float | None = 0.5
+    max_model_len: int | None = None  # default: the model's max_position_embeddings (capped by the pool)
+    alert_rules: list[AlertRule] | None = None
+
+
+@dataclass
+class Delta:
+    """What the engine tells a client after a step: new text, new tokens, and at the end why it stopped."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class RequestHandle:
+    """A request's mailbox. Use `async for d in h.stream()` in an event loop, or `h.result()` from a thread."""
+
+    def __init__(self, request_id: int, loop: asyncio.AbstractEventLoop | None):
+        self.request_id = request_id
+        self._loop = loop
+        self._aq: asyncio.Queue | None = asyncio.Queue() if loop else None
+        self._q: queue.Queue = queue.Queue()
+        self.finished = threading.Event()
+
+    def _put(self, d: Delta) -> None:
+        if d.finish_reason is not None:
+            self.finished.set()
+        if self._loop is None:
+            self._q.put(d)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._aq.put_nowait, d)
+        except RuntimeError:  # the client's loop is gone: nobody is listening
+            pass
+
+    async def stream(self):
+        while True:
+            d = await self._aq.get()
+            yield d
+            if d.finish_reason is not None:
+                return
+
+    def iter(self, timeout: float | None = None):
+        while True:
+            d = self._q.get(timeout=timeout)
+            yield d
+            if d.finish_reason is not None:
+                return
+
+    def result(self, timeout: float | None = None) -> Completion:
+        text, ids, last = [], [], None
+        for d in self.iter(timeout):
+            text.append(d.text)
+            ids.extend(d.token_ids)
+            last = d
+        return Completion("".join(text), ids, last.finish_reason, last.prompt_tokens, last.completion_tokens)
+
+
+@dataclass(eq=False)
+class _Request:
+    seq: Sequence
+    handle: RequestHandle
+    gen: torch.Generator | None
+    sent: int = 0  # characters of output text already sent
+    sent_tokens: int = 0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    stops: list[str] = field(default_factory=list)
+
+
+def _available_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+class Engine:
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, *, metrics: EngineMetrics | None = None):
+        self.config = cfg = config or EngineConfig()
+        self.model, self.tokenizer = model, tokenizer
+        layout = kv_layout(model)
+        kv_bytes = cfg.kv_memory_bytes or int(cfg.kv_fraction * _available_memory())
+        self.pool = KVPool.from_bytes(layout, kv_bytes, cfg.block_size)
+        self.runner = ModelRunner(model, self.pool)
+        self.scheduler = Scheduler(self.pool, SchedulerConfig(max_batch=cfg.max_batch, max_prefill_tokens=cfg.max_prefill_tokens,
+                                                              latency_target_s=cfg.latency_target_s))
+        self.metrics = metrics or EngineMetrics(cfg.alert_rules)
+        self.max_model_len = min(cfg.max_model_len or max_context(model), self.pool.capacity_tokens)
+        self.eos_ids = self._eos_ids()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._requests: dict[int, _Request] = {}
+        self._ids = itertools.count(1)
+        self._pending = 0  # submitted but not yet seen by the loop
+        self._lock = threading.Lock()
+        self._accepting = True
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+        self.crashed_steps = 0
+        self.finished_by_reason: dict[str, int] = {}
+        self.peak_kv_blocks = 0
+        self.peak_fragmentation = 0.0
+        self._frag_unused = self._frag_alloc = 0.0
+        self.alerts: list = []
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for src in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
+            v = getattr(src, "eos_token_id", None) if src is not None else None
+            if isinstance(v, int):
+                ids.add(v)
+            elif isinstance(v, (list, tuple)):
+                ids.update(int(x) for x in v)
+        return ids
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None:
+            n = torch.get_num_threads()  # the engine thread computes with the same intra-op threads as its creator
+            self._thread = threading.Thread(target=self._loop, args=(n,), name="sizewise-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self, drain_s: float = 30.0) -> None:
+        """Stop admitting; let running requests finish for up to drain_s, cancel the rest; stop the thread."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_s
+        while self.num_active() and time.monotonic() < deadline and self._thread is not None and self._thread.is_alive():
+            time.sleep(0.02)
+        for rid in list(self._requests):
+            self.abort(rid, reason="cancelled")
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._thread = None
+
+    def num_active(self) -> int:
+        return len(self._requests) + self._pending
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    # -- client side (any thread) ---------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+        params = params or SamplingParams()
+        if not self._accepting:
+            raise EngineStopped("the server is shutting down")
+        if not prompt_ids:
+            raise BadRequest("prompt is empty", "prompt")
+        if params.max_tokens < 1:
+            raise BadRequest(f"max_tokens must be at least 1 (got {params.max_tokens})", "max_tokens")
+        if len(prompt_ids) >= self.max_model_len:
+            raise BadRequest(f"prompt has {len(prompt_ids)} tokens; this server's context is {self.max_model_len} tokens", "prompt")
+        if len(prompt_ids) + params.max_tokens > self.max_model_len:
+            raise BadRequest(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of "
+                             f"{self.max_model_len} tokens: lower max_tokens to at most {self.max_model_len - len(prompt_ids)}",
+                             "max_tokens")
+        with self._lock:
+            if len(self.scheduler.waiting) + self._pending >= self.config.max_waiting:
+                raise QueueFull(f"{self.config.max_waiting} requests are waiting")
+            self._pending += 1
+        rid = next(self._ids)
+        handle = RequestHandle(rid, loop)
+        seq = Sequence(rid, list(prompt_ids), params)
+        stops = [s for s in params.stop if s]
+        self._inbox.put(("add", _Request(seq, handle, params.generator(), stops=stops)))
+        self._wake.set()
+        return handle
+
+    def abort(self, request_id: int, reason: str = "cancelled") -> None:
+        """Cancel a request (client gone, shutdown); its blocks are freed in the engine thread."""
+        self._inbox.put(("abort", (request_id, reason)))
+        self._wake.set()
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams | None = None, timeout: float | None = None) -> Completion:
+        return self.submit(prompt_ids, params).result(timeout)
+
+    # -- engine thread ------------------------------------------------------------------------
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                with self._lock:
+                    self._pending -= 1
+                self._requests[item.seq.seq_id] = item
+                self.scheduler.add(item.seq)
+                self.metrics.prompt_tokens.inc(len(item.seq.prompt_ids))
+            elif kind == "abort":
+                rid, reason = item
+                req = self._requests.get(rid)
+                if req is not None:
+                    self._finish(req, reason)
+
+    def _loop(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        last_metrics = 0.0
+        while not self._stop:
+            busy = False
+            try:
+                self._drain_inbox()
+                busy = bool(self.scheduler.running or self.scheduler.waiting)
+                if busy:
+                    self.step()
+            except Exception:  # noqa: BLE001 - a failed step fails its requests, never the server
+                log.exception("engine step failed; failing the running requests")
+                self.crashed_steps += 1
+                for seq in list(self.scheduler.running):
+                    req = self._requests.get(seq.seq_id)
+                    if req is not None:
+                        self._finish(req, "error")
+            now = time.monotonic()
+            if now - last_metrics > 0.25:
+                self._update_metrics()
+                last_metrics = now
+            if not busy:
+                self._wake.wait(0.05)
+                self._wake.clear()
+
+    def _update_metrics(self) -> None:
+        self.alerts = self.metrics.update(running=len(self.scheduler.running), waiting=len(self.scheduler.waiting), pool=self.pool)
+
+    def step(self) -> None:
+        """One scheduler step: prefill the admitted bucket, decode everything that was running."""
+        out = self.scheduler.schedule()
+        self.steps += 1
+        if out.preempted:
+            self.metrics.preemptions.inc(len(out.preempted))
+        self._track_pool()
+        if out.prefill:
+            seqs = out.prefill
+            logits = self.runner.forward([StepInput(s.seq_id, s.tokens[s.cached:], s.cached) for s in seqs])
+            for s in seqs:
+                s.cached = s.num_tokens
+            self._emit(seqs, logits)
+        if out.decode:
+            seqs = [s for s in out.decode if s.status is Status.RUNNING]
+            t0 = time.perf_counter()
+            logits = self.runner.forward([StepInput(s.seq_id, [s.output_ids[-1] if s.output_ids else s.prompt_ids[-1]],
+                                                    s.num_tokens - 1) for s in seqs])
+            self.scheduler.record_decode(len(seqs), time.perf_counter() - t0)
+            for s in seqs:
+                s.cached = s.num_tokens
+            self._emit(seqs, logits)
+
+    def _track_pool(self) -> None:
+        """Peaks and the slot-weighted mean fragmentation (unused slot-steps / allocated slot-steps)."""
+        pool = self.pool
+        self.peak_kv_blocks = max(self.peak_kv_blocks, pool.used_blocks)
+        if pool.used_blocks:
+            frag = pool.fragmentation()
+            alloc = pool.used_blocks * pool.block_size
+            self.peak_fragmentation = max(self.peak_fragmentation, frag)
+            self._frag_unused += frag * alloc
+            self._frag_alloc += alloc
+
+    def reset_peaks(self) -> None:
+        self.peak_kv_blocks, self.peak_fragmentation = 0, 0.0
+        self._frag_unused = self._frag_alloc = 0.0
+
+    def _emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        now = time.monotonic()
+        for b, seq in enumerate(seqs):
+            req = self._requests[seq.seq_id]
+            p = seq.params
+            tok = sample(logits[b], p, req.gen)
+            seq.output_ids.append(tok)
+            first = req.first_token_at is None
+            self.metrics.on_token(first, now - (seq.arrival if first else req.last_token_at))
+            if first:
+                req.first_token_at = now
+            req.last_token_at = now
+            reason = None
+            is_eos = (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids
+            ids = seq.output_ids[:-1] if is_eos else seq.output_ids
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            cut = find_stop(text, req.stops)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+            elif is_eos:
+                reason = "stop"
+            elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+                reason = "length"
+            n = len(text) if reason else safe_emit_len(text, req.stops)
+            new_ids = seq.output_ids[req.sent_tokens:]
+            req.sent_tokens = len(seq.output_ids)
+            delta = Delta(text[req.sent:n] if n > req.sent else "", new_ids)
+            req.sent = max(req.sent, n)
+            if reason:
+                self._finish(req, reason, last=delta)
+            else:
+                req.handle._put(delta)
+
+    def _finish(self, req: _Request, reason: str, last: Delta | None = None) -> None:
+        seq = req.seq
+        self.scheduler.finish(seq, reason)
+        self._requests.pop(seq.seq_id, None)
+        d = last or Delta("", [])
+        d.finish_reason = reason
+        d.prompt_tokens, d.completion_tokens = len(seq.prompt_ids), len(seq.output_ids)
+        req.handle._put(d)
+        e2e = time.monotonic() - seq.arrival
+        self.metrics.on_finish(reason, e2e)
+        self.finished_by_reason[reason] = self.finished_by_reason.get(reason, 0) + 1
+        ttft = (req.first_token_at - seq.arrival) if req.first_token_at else float("nan")
+        log.info("request %d %s prompt=%d completion=%d ttft=%.3fs e2e=%.3fs preempted=%d", seq.seq_id, reason,
+                 len(seq.prompt_ids), len(seq.output_ids), ttft, e2e, seq.preemptions)
+
+    def stats(self) -> dict:
+        """A snapshot for /health and benchmarks (read from any thread; values may be one step old)."""
+        return {
+            "running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+            "kv_blocks_total": self.pool.num_blocks, "kv_blocks_used": self.pool.used_blocks,
+            "kv_blocks_free": self.pool.free_blocks, "kv_block_size": self.pool.block_size,
+            "kv_pool_bytes": self.pool.total_bytes, "kv_fragmentation": self.pool.fragmentation(),
+            "kv_leaked_blocks": self.pool.leaked_blocks(), "peak_kv_blocks": self.peak_kv_blocks,
+            "peak_kv_bytes": self.peak_kv_blocks * self.pool.block_bytes, "peak_fragmentation": self.peak_fragmentation,
+            "mean_fragmentation": self._frag_unused / self._frag_alloc if self._frag_alloc else 0.0,
+            "preemptions": self.scheduler.num_preemptions, "steps": self.steps, "crashed_steps": self.crashed_steps,
+            "finished": dict(self.finished_by_reason), "max_model_len": self.max_model_len,
+        }

@@ -1,0 +1,185 @@
+"""Prometheus metrics for the serving engine, and threshold alerts that name their remedy.
+
+Each engine owns its own CollectorRegistry (several engines can live in one process, e.g. tests).
+Alert inputs, each with a normal and an alert threshold (defaults from DESIGN.md, configurable):
+  latency_p95    p95 inter-token latency over the last `window_s` seconds (seconds per output token)
+  memory         KV pool occupancy = used blocks / total blocks (the engine's memory budget)
+  fragmentation  KV internal fragmentation = allocated-but-unused slots / allocated slots
+Level 0 = normal (below `normal_below`), 1 = warning (between), 2 = alert (above `alert_above`); an alert
+stays raised until its value is back below `normal_below` (hysteresis, so a value near the line does not flap).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("sizewise.serve")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    name: str
+    what: str
+    normal_below: float
+    alert_above: float
+    remedy: str
+
+
+def default_rules(latency_normal: float = 0.5, latency_alert: float = 1.0, memory_normal: float = 0.80,
+                  memory_alert: float = 0.95, frag_normal: float = 0.15, frag_alert: float = 0.30) -> list[AlertRule]:
+    return [
+        AlertRule("latency_p95", "p95 inter-token latency (s)", latency_normal, latency_alert,
+                  "quantize or prune the model (sizewise compress) to cut time per token"),
+        AlertRule("memory", "KV pool occupancy (used/total blocks)", memory_normal, memory_alert,
+                  "lower the batch (--max-batch) or give the pool more memory (--kv-memory)"),
+        AlertRule("fragmentation", "KV internal fragmentation (unused/allocated slots)", frag_normal, frag_alert,
+                  "compact or restart the pool (a smaller --block-size wastes less)"),
+    ]
+
+
+@dataclass
+class AlertState:
+    name: str
+    value: float
+    level: int  # 0 normal, 1 warning, 2 alert
+    message: str
+    remedy: str
+
+    @property
+    def label(self) -> str:
+        return ("ok", "warning", "alert")[self.level]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "value": self.value, "level": self.label, "message": self.message, "remedy": self.remedy}
+
+
+class AlertMonitor:
+    """Evaluates rules on current values; logs each change of level once."""
+
+    def __init__(self, rules: list[AlertRule] | None = None):
+        self.rules = rules or default_rules()
+        self.states: dict[str, AlertState] = {}
+
+    def evaluate(self, values: dict[str, float]) -> list[AlertState]:
+        out = []
+        for r in self.rules:
+            if r.name not in values or values[r.name] is None:
+                continue
+            v = float(values[r.name])
+            level = 2 if v > r.alert_above else (1 if v >= r.normal_below else 0)
+            prev = self.states.get(r.name)
+            if prev is not None and prev.level == 2 and level == 1:
+                level = 2  # hysteresis: an alert clears only when the value is back in the normal range
+            msg = f"{r.what} = {v:.3g} (normal < {r.normal_below:g}, alert > {r.alert_above:g})"
+            st = AlertState(r.name, v, level, msg, r.remedy)
+            if level == 2 and (prev is None or prev.level < 2):
+                log.warning("ALERT %s: %s; remedy: %s", r.name, msg, r.remedy)
+            elif level < 2 and prev is not None and prev.level == 2:
+                log.info("alert cleared %s: %s", r.name, msg)
+            self.states[r.name] = st
+            out.append(st)
+        return out
+
+    def active(self) -> list[AlertState]:
+        return [s for s in self.states.values() if s.level == 2]
+
+
+def _rss_bytes() -> int:
+    try:
+        import psutil
+
+        return psutil.Process(os.getpid()).memory_info().rss
+    except Exception:  # noqa: BLE001 - psutil missing or /proc unreadable: report 0, never crash the engine
+        return 0
+
+
+class EngineMetrics:
+    """Counters, gauges and histograms of one engine, plus the sliding windows the alerts read."""
+
+    def __init__(self, rules: list[AlertRule] | None = None, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.min_blocks_for_frag = 8
+        self.window_s = window_s
+        self.alerts = AlertMonitor(rules)
+        self._itl: deque[tuple[float, float]] = deque(maxlen=20000)
+        self._tok_times: deque[tuple[float, int]] = deque(maxlen=20000)
+        r = self.registry = CollectorRegistry()
+        self.running = Gauge("sizewise_requests_running", "Requests in the running batch", registry=r)
+        self.waiting = Gauge("sizewise_requests_waiting", "Requests waiting for admission", registry=r)
+        self.ttft = Histogram("sizewise_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("sizewise_inter_token_latency_seconds", "Time between output tokens", buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("sizewise_e2e_request_latency_seconds", "Arrival to last token", buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("sizewise_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.gen_tokens = Counter("sizewise_generation_tokens", "Tokens generated", registry=r)
+        self.requests = Counter("sizewise_requests", "Finished requests by reason", ["finish_reason"], registry=r)
+        self.preemptions = Counter("sizewise_preemptions", "Sequences preempted for recompute", registry=r)
+        self.tps = Gauge("sizewise_generation_tokens_per_second", "Generated tokens per second over the last 10 s", registry=r)
+        self.kv_used = Gauge("sizewise_kv_blocks_used", "KV blocks in use", registry=r)
+        self.kv_free = Gauge("sizewise_kv_blocks_free", "KV blocks free", registry=r)
+        self.kv_total = Gauge("sizewise_kv_blocks_total", "KV blocks in the pool", registry=r)
+        self.kv_usage = Gauge("sizewise_kv_usage_ratio", "Used / total KV blocks", registry=r)
+        self.kv_frag = Gauge("sizewise_kv_fragmentation_ratio", "Allocated-but-unused slots / allocated slots", registry=r)
+        self.kv_bytes = Gauge("sizewise_kv_pool_bytes", "Bytes preallocated for the KV pool", registry=r)
+        self.rss = Gauge("sizewise_process_resident_memory_bytes", "Resident memory of the server process", registry=r)
+        self.alert_level = Gauge("sizewise_alert_level", "0 normal, 1 warning, 2 alert", ["alert"], registry=r)
+        for rule in self.alerts.rules:
+            self.alert_level.labels(rule.name).set(0)
+
+    # -- events from the engine thread -------------------------------------------------
+    def on_token(self, first: bool, seconds: float) -> None:
+        now = self.clock()
+        (self.ttft if first else self.itl).observe(seconds)
+        if not first:
+            self._itl.append((now, seconds))
+        self._tok_times.append((now, 1))
+        self.gen_tokens.inc()
+
+    def on_finish(self, reason: str, e2e_s: float) -> None:
+        self.requests.labels(reason).inc()
+        self.e2e.observe(e2e_s)
+
+    # -- derived values -----------------------------------------------------------------
+    def latency_p95(self) -> float | None:
+        cut = self.clock() - self.window_s
+        xs = sorted(s for t, s in self._itl if t >= cut)
+        if not xs:
+            return None
+        return xs[min(len(xs) - 1, int(0.95 * len(xs)))]
+
+    def tokens_per_second(self, span: float = 10.0) -> float:
+        now = self.clock()
+        n = sum(k for t, k in self._tok_times if t >= now - span)
+        return n / span
+
+    def update(self, *, running: int, waiting: int, pool) -> list[AlertState]:
+        """Refresh gauges from the engine's state and evaluate the alerts."""
+        self.running.set(running)
+        self.waiting.set(waiting)
+        self.kv_used.set(pool.used_blocks)
+        self.kv_free.set(pool.free_blocks)
+        self.kv_total.set(pool.num_blocks)
+        usage = pool.used_blocks / pool.num_blocks
+        frag = pool.fragmentation()
+        self.kv_usage.set(usage)
+        self.kv_frag.set(frag)
+        self.kv_bytes.set(pool.total_bytes)
+        self.rss.set(_rss_bytes())
+        self.tps.set(self.tokens_per_second())
+        # a handful of short sequences always waste part of their last block: judge fragmentation under load only
+        frag_in = frag if pool.used_blocks >= self.min_blocks_for_frag else None
+        states = self.alerts.evaluate({"latency_p95": self.latency_p95(), "memory": usage, "fragmentation": frag_in})
+        for s in states:
+            self.alert_level.labels(s.name).set(s.level)
+        return states
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

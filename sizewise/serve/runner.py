@@ -1,0 +1,203 @@
+"""Batched forward over paged KV for HF decoder-only models (llama / qwen2 / mistral family, DeepSeek MLA).
+
+We walk the model's own submodules (embed_tokens, norms, rotary_emb, q/k/v/o projections,
+mlp) so that swapped Linear layers (packed int8/int4 modules) just work; only the attention
+core is ours, because it reads and writes the paged pool instead of a contiguous cache.
+
+One code path serves prefill, recompute and decode: each sequence feeds its not-yet-cached
+tokens (`tokens[cached:]`), their K/V (or MLA latent) are written to the sequence's slots,
+then every query attends over the gathered slots 0..cached+n-1 with a causal mask.
+MLA caches the compressed latent (kv_lora_rank normed values + the rotated rope key) per
+token and expands it with kv_b_proj at attention time (un-absorbed: simple and exact).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sizewise.errors import SizewiseError
+from sizewise.serve.kv_pool import KVLayout, KVPool
+
+
+@dataclass
+class StepInput:
+    """One sequence in a forward batch: its id in the pool, the new tokens, and how many are cached already."""
+
+    seq_id: int
+    tokens: list[int]
+    start: int  # position of tokens[0] == number of tokens already cached
+
+
+def _decoder(model):
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
+        raise SizewiseError(f"cannot serve {type(model).__name__}: expected a decoder-only HF model with .model.layers and .lm_head")
+    return inner
+
+
+def is_mla(model) -> bool:
+    attn = _decoder(model).layers[0].self_attn
+    return hasattr(attn, "kv_a_proj_with_mqa") and hasattr(attn, "kv_b_proj")
+
+
+def kv_layout(model, dtype: torch.dtype | None = None) -> KVLayout:
+    """The per-token KV layout of a model, read from its config."""
+    cfg = model.config
+    dtype = dtype or next(model.parameters()).dtype
+    n_layers = len(_decoder(model).layers)
+    if is_mla(model):
+        return KVLayout("mla", n_layers, dtype, latent_dim=cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return KVLayout("gqa", n_layers, dtype, num_kv_heads=kv_heads, head_dim=head_dim)
+
+
+def max_context(model) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, L, D]; cos/sin [B, L, D]."""
+    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+
+
+def _rope_interleave(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """DeepSeek's interleaved pairs (x0,x1),(x2,x3)... rotated by one frequency each, output de-interleaved."""
+    cos = cos[..., : cos.shape[-1] // 2][:, None]
+    sin = sin[..., : sin.shape[-1] // 2][:, None]
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class ModelRunner:
+    """Runs batched steps of a model against a KVPool. Not thread-safe: one engine thread owns it."""
+
+    def __init__(self, model, pool: KVPool):
+        self.model = model.eval()
+        self.pool = pool
+        self.dec = _decoder(model)
+        self.mla = is_mla(model)
+        lay = kv_layout(model, pool.layout.dtype)
+        if lay != pool.layout:
+            raise SizewiseError(f"KV pool layout {pool.layout} does not match the model's {lay}")
+        self.cfg = model.config
+        self.dtype = next(model.parameters()).dtype
+
+    @torch.inference_mode()
+    def forward(self, batch: list[StepInput]) -> torch.Tensor:
+        """Write the new tokens' KV into the pool and return next-token logits [B, vocab] (fp32)."""
+        B = len(batch)
+        n_new = [len(s.tokens) for s in batch]
+        ctx = [s.start + n for s, n in zip(batch, n_new)]
+        Lq, Lk = max(n_new), max(ctx)
+        ids = torch.zeros((B, Lq), dtype=torch.long)
+        pos = torch.zeros((B, Lq), dtype=torch.long)
+        valid = torch.zeros((B, Lq), dtype=torch.bool)
+        for b, s in enumerate(batch):
+            n = n_new[b]
+            ids[b, :n] = torch.tensor(s.tokens, dtype=torch.long)
+            pos[b, :n] = torch.arange(s.start, s.start + n)
+            pos[b, n:] = s.start + n - 1  # padded queries: harmless positions, never written
+            valid[b, :n] = True
+        for s, c in zip(batch, ctx):
+            self.pool.reserve(s.seq_id, c)
+        write_slots = torch.tensor([sl for s, n in zip(batch, n_new) for sl in self.pool.slots(s.seq_id, s.start, s.start + n)],
+                                   dtype=torch.long)
+        read_slots = self.pool.slot_tensor([s.seq_id for s in batch], ctx, Lk)  # [B, Lk]
+        # query i (abs pos p_i) sees key j iff j <= p_i and j < ctx_b
+        kpos = torch.arange(Lk)
+        limit = torch.minimum(pos, torch.tensor(ctx)[:, None] - 1)  # [B, Lq]
+        mask = (kpos[None, None, :] <= limit[:, :, None])[:, None]  # [B, 1, Lq, Lk]
+
+        h = self.dec.embed_tokens(ids)
+        rot = self.dec.rotary_emb(h, pos)
+        if isinstance(rot, torch.Tensor) and rot.is_complex():  # DeepSeek-V2: complex freqs_cis on interleaved pairs
+            cos = torch.cat([rot.real, rot.real], dim=-1).to(h.dtype)
+            sin = torch.cat([rot.imag, rot.imag], dim=-1).to(h.dtype)
+            self._interleave = True
+        else:
+            cos, sin = rot
+            self._interleave = bool(getattr(self.cfg, "rope_interleave", False))
+        for li, layer in enumerate(self.dec.layers):
+            r = h
+            x = layer.input_layernorm(h)
+            if self.mla:
+                x = self._mla_attention(li, layer.self_attn, x, cos, sin, valid, write_slots, read_slots, mask)
+            else:
+                x = self._gqa_attention(li, layer.self_attn, x, cos, sin, valid, write_slots, read_slots, mask)
+            h = r + x
+            r = h
+            h = r + layer.mlp(layer.post_attention_layernorm(h))
+        last = torch.tensor(n_new) - 1
+        h = h[torch.arange(B), last]  # only each sequence's last token feeds the head
+        h = self.dec.norm(h)
+        return self.model.lm_head(h).float()
+
+    def _attend(self, q, k, v, mask, scale) -> torch.Tensor:
+        """q [B,H,Lq,D], k [B,Hk,Lk,D], v [B,Hk,Lk,Dv] -> [B, Lq, H*Dv].
+
+        Grouped: the rep = H/Hk query heads sharing a KV head are stacked along the query axis, so K/V are
+        never repeated (repeating them was most of a decode step's time). Softmax runs in fp32."""
+        B, H, Lq, D = q.shape
+        Hk, Lk = k.shape[1], k.shape[2]
+        rep = H // Hk
+        qg = q.reshape(B, Hk, rep * Lq, D)  # head h = kv * rep + r, as in transformers' repeat_kv
+        s = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, Hk, rep*Lq, Lk]
+        m = mask.expand(B, 1, Lq, Lk) if rep == 1 else mask.unsqueeze(2).expand(B, 1, rep, Lq, Lk).reshape(B, 1, rep * Lq, Lk)
+        s = s.masked_fill(~m, float("-inf"))
+        p = torch.softmax(s, dim=-1).to(v.dtype)
+        o = torch.matmul(p, v).view(B, Hk, rep, Lq, -1).reshape(B, H, Lq, -1)
+        return o.transpose(1, 2).reshape(B, Lq, -1)
+
+    def _gqa_attention(self, li, attn, x, cos, sin, valid, write_slots, read_slots, mask):
+        B, Lq, _ = x.shape
+        hd = self.pool.layout.head_dim
+        q = attn.q_proj(x).view(B, Lq, -1, hd)
+        k = attn.k_proj(x).view(B, Lq, -1, hd)
+        v = attn.v_proj(x).view(B, Lq, -1, hd)
+        if hasattr(attn, "q_norm"):  # qwen3-style per-head norms
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        kc, vc = self.pool.k[li], self.pool.v[li]
+        kc[write_slots] = k.transpose(1, 2)[valid].to(kc.dtype)
+        vc[write_slots] = v[valid].to(vc.dtype)
+        B_, Lk = read_slots.shape
+        flat = read_slots.reshape(-1)
+        K = kc.index_select(0, flat).view(B_, Lk, *kc.shape[1:]).transpose(1, 2).to(q.dtype)  # [B, Hk, Lk, D]
+        V = vc.index_select(0, flat).view(B_, Lk, *vc.shape[1:]).transpose(1, 2).to(q.dtype)
+        return attn.o_proj(self._attend(q, K, V, mask, attn.scaling))
+
+    def _mla_attention(self, li, attn, x, cos, sin, valid, write_slots, read_slots, mask):
+        B, Lq, _ = x.shape
+        nope, rope_d, vd = attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim
+        if attn.q_lora_rank is None:
+            q = attn.q_proj(x)
+        else:
+            q = attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x)))
+        q = q.view(B, Lq, -1, nope + rope_d).transpose(1, 2)
+        q_pass, q_rot = q.split([nope, rope_d], dim=-1)
+        ckv = attn.kv_a_proj_with_mqa(x)
+        c, k_rot = ckv.split([attn.kv_lora_rank, rope_d], dim=-1)
+        c = attn.kv_a_layernorm(c)
+        k_rot = k_rot[:, None]  # [B, 1, Lq, rope]
+        # interleaved pairs come out de-interleaved; q and k share the permutation, so q.k is unchanged
+        rot = _rope_interleave if self._interleave else _rope
+        q_rot, k_rot = rot(q_rot, cos, sin), rot(k_rot, cos, sin)
+        lat = self.pool.latent[li]
+        lat[write_slots] = torch.cat([c, k_rot[:, 0]], dim=-1)[valid].to(lat.dtype)
+        L = lat.index_select(0, read_slots.reshape(-1)).view(*read_slots.shape, -1).to(x.dtype)  # [B, Lk, latent]
+        c_all, kr_all = L.split([attn.kv_lora_rank, rope_d], dim=-1)
+        Lk = L.shape[1]
+        kv = attn.kv_b_proj(c_all).view(B, Lk, -1, nope + vd).transpose(1, 2)
+        k_nope, V = kv.split([nope, vd], dim=-1)
+        K = torch.cat([k_nope, kr_all[:, None].expand(-1, k_nope.shape[1], -1, -1)], dim=-1)
+        Q = torch.cat([q_pass, q_rot], dim=-1)
+        return attn.o_proj(self._attend(Q, K, V.contiguous(), mask, attn.scaling))

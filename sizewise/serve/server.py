@@ -1,0 +1,65 @@
+"""Run the API with uvicorn: in the foreground (`sizewise serve`, SIGTERM drains) or in a thread (tests, bench-serve)."""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+
+import uvicorn
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def run_foreground(app, host: str, port: int, drain_s: float = 30.0) -> None:
+    """Blocks until SIGINT/SIGTERM: uvicorn stops accepting, waits up to drain_s for open requests,
+    then the app's lifespan cancels what is left and stops the engine. Exits normally (status 0)."""
+    log = logging.getLogger("sizewise.serve")
+
+    def noted(signum, _frame):  # uvicorn re-raises the signal after its shutdown: make that a no-op, not a kill
+        log.info("sizewise serve: %s handled, shut down cleanly", signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, noted)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=int(drain_s))
+    uvicorn.Server(config).run()
+
+
+class BackgroundServer:
+    """uvicorn in a daemon thread on a free localhost port; `with BackgroundServer(app) as s: s.url`."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
+        self.host, self.port = host, port or free_port(host)
+        cfg = uvicorn.Config(app, host=host, port=self.port, log_level="warning", access_log=False,
+                             timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, name="sizewise-uvicorn", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,454 @@
+"""`sizewise study`: run a recipe grid on one model and measure what each recipe costs and buys.
+
+For every recipe, in one process so ratios are fair: compress a copy of the parent, save it in
+the sizewise format (size on disk is the real file size), load it back (load time; what a user
+would run), score it against the parent (perplexity, KLD, top-1 on the same tokens), and time
+prefill and decode. Writes study.json (everything), study.md (the table, beside the commonly
+quoted claims) and PNG plots with the Pareto front marked.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from sizewise.errors import SizewiseError
+
+DEFAULT_RECIPES = ["fp32", "bf16", "fp16", "torch-dynamic", "int8-wo", "int8-dyn", "int8-static",
+                   "int4-g64", "int4-g128", "int4-gptq-g64", "int4-gptq-g128"]
+QUICK_RECIPES = ["fp32", "bf16", "int8-wo", "int8-dyn", "int4-g64"]
+
+# The table everyone quotes (no source, no model, no machine), shown beside the measured one.
+CLAIMED = {
+    "fp32": {"compression": "1x", "speed": "1x", "quality_loss": "baseline"},
+    "fp16": {"compression": "2x", "speed": "1.2x", "quality_loss": "<0.5 %"},
+    "int8": {"compression": "4x", "speed": "2.5x", "quality_loss": "1-2 %"},
+    "int4": {"compression": "8x", "speed": "4x", "quality_loss": "3-5 %"},
+}
+
+# recipe kind / name -> the storage format `sizewise.size.formats` computes for it
+FORMAT_OF = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8-wo": "int8", "int8-dyn": "int8",
+             "int8-static": "int8"}
+
+
+@dataclass
+class StudySettings:
+    eval_tokens: int = 8192
+    window: int = 512
+    prefill_tokens: int = 512
+    decode_steps: int = 32
+    decode_prompt: int = 64
+    batches: tuple[int, ...] = (1, 8)
+    runs: int = 3
+    compile: bool = False  # torch.compile the decode step (compile time is reported per variant)
+
+
+QUICK_SETTINGS = StudySettings(eval_tokens=4096, decode_steps=16)
+
+
+def parse_recipes(spec: str | None, quick: bool = False) -> list[str]:
+    """'a,b,c' -> names, checked against the registry; None -> the default (or quick) grid."""
+    from sizewise.compression.recipes import RECIPES
+
+    if not spec:
+        return list(QUICK_RECIPES if quick else DEFAULT_RECIPES)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in RECIPES]
+    if bad or not names:
+        raise SizewiseError(f"unknown recipe(s) {', '.join(bad) or repr(spec)}: choose from {', '.join(RECIPES)}")
+    if "fp32" not in names:
+        names.insert(0, "fp32")  # every ratio is against fp32 measured in the same run
+    return list(dict.fromkeys(names))
+
+
+def activation_dtype(config) -> "object":
+    """Which dtype a recipe's activations run in: the weight-only int kernels are fast only with
+    bf16 activations; torch's dynamic quantization needs fp32; float recipes run in their dtype."""
+    import torch
+
+    from sizewise.compression.apply import DTYPES
+
+    kind = getattr(config, "kind", "")
+    if kind == "dtype":
+        return DTYPES[config.dtype]
+    if kind == "torch-dynamic":
+        return torch.float32
+    return torch.bfloat16
+
+
+def _is_packed(mod) -> bool:
+    return hasattr(mod, "scheme") and hasattr(mod, "kernel") and hasattr(mod, "packed_tensors")
+
+
+def set_activation_dtype(model, dtype) -> None:
+    """Cast the float modules (embeddings, norms, kept Linears) to `dtype`, leaving packed modules
+    and rotary frequency tables alone: hidden states then flow in `dtype` end to end."""
+    import torch
+
+    packed_inside: set[int] = set()
+    for m in model.modules():
+        if _is_packed(m):
+            packed_inside.update(id(x) for x in m.modules())
+    for m in model.modules():
+        if id(m) in packed_inside or type(m).__module__.startswith("torch.ao"):
+            continue
+        for name, p in list(m.named_parameters(recurse=False)):
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b.is_floating_point() and b.dtype != dtype and "inv_freq" not in name:
+                setattr(m, name, b.to(dtype))
+    if hasattr(model, "config"):
+        model.config.dtype = str(dtype).replace("torch.", "")
+    torch.set_default_dtype(torch.float32)
+
+
+def kernels_of(model) -> dict[str, int]:
+    """Which kernel runs each packed Linear ({kernel: count}); plain Linears are counted by dtype."""
+    import torch
+
+    out: dict[str, int] = {}
+    for m in model.modules():
+        if _is_packed(m):
+            k = str(m.kernel)
+        elif type(m).__module__.startswith("torch.ao") and "Linear" in type(m).__name__:
+            k = "quantized::linear_dynamic (fbgemm, per-tensor act)"
+        elif isinstance(m, torch.nn.Linear):
+            k = f"aten.linear({str(m.weight.dtype).replace('torch.', '')})"
+        else:
+            continue
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+def resident_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers in memory (tied tensors once): what the variant
+    itself occupies, apart from the study process (which also holds the fp32 parent)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if t.numel() and key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    for m in model.modules():  # torch.ao dynamic Linears keep packed weights outside parameters()
+        pp = getattr(m, "_packed_params", None)
+        if pp is not None and hasattr(pp, "_weight_bias"):
+            w, b = pp._weight_bias()
+            total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+    return total
+
+
+def source_grid(path: Path) -> dict | None:
+    """The quantization grid the parent's Linear weights were stored on (GGUF sources only)."""
+    if path.suffix != ".gguf":
+        return None
+    from sizewise.io.gguf_meta import gguf_tensors
+
+    types: dict[str, int] = {}
+    for t in gguf_tensors(path):
+        if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2:
+            types[t.ggml_type] = types.get(t.ggml_type, 0) + 1
+    if not types:
+        return None
+    main = max(types, key=types.get)
+    grids = {"Q4_1": {"bits": 4, "group": 32, "asym": True}, "Q4_0": {"bits": 4, "group": 32, "asym": False},
+             "Q8_0": {"bits": 8, "group": 32, "asym": False}}
+    return {"ggml_type": main, "linear_tensor_types": types, **grids.get(main, {})}
+
+
+def matches_source_grid(config, grid: dict | None) -> bool:
+    """An int4 asymmetric recipe on the parent's own group grid re-finds the stored integers."""
+    if not grid or grid.get("bits") != 4 or not grid.get("asym"):
+        return False
+    return getattr(config, "kind", "") == "int4" and getattr(config, "group_size", None) == grid.get("group")
+
+
+def expected_bytes(model, recipe: str, config, fallbacks: dict | None = None) -> int | None:
+    """What `sizewise.size.formats` says this recipe's checkpoint should take (None when no format
+    applies). Layers whose input dim forced a smaller int4 group (`fallbacks`, from the compression
+    record) are counted in the group size they really use: same format, same tensor policy."""
+    from sizewise.arch.families import inventory_from_config, match_tensor
+    from sizewise.size.formats import size_in_format, tensor_bytes
+
+    fmt = FORMAT_OF.get(recipe)
+    if fmt is None and getattr(config, "kind", "") == "int4":
+        fmt = f"int4-g{config.group_size}"
+    if fmt is None:
+        return None
+    try:
+        inv = inventory_from_config(model.config.to_dict())
+        if not fallbacks:
+            return size_in_format(inv, fmt).bytes
+        used = {}
+        for name, fb in fallbacks.items():
+            spec = match_tensor(inv, name + ".weight")
+            if spec is not None:
+                used[spec.name] = f"int4-g{fb['used']}"
+        return sum(tensor_bytes(spec, used.get(spec.name, fmt), inv.arch) for spec in inv.tensors)
+    except (SizewiseError, KeyError, ValueError):
+        return None
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+ProgressHook = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp: Path, keep_dir: Path | None,
+             ref, tokens, s: StudySettings, phase: ProgressHook) -> dict:
+    import torch
+
+    from sizewise.compression.apply import compress
+    from sizewise.evaluate import metrics, speed
+
+    speed.reset_peak_rss()
+    row: dict = {"recipe": name, "config": config.to_dict(), "notes": []}
+    phase("compress", 0, 1)
+    t0 = time.perf_counter()
+    model = copy.deepcopy(parent)
+    compress(model, config, calib_tokens=calib)
+    act = activation_dtype(config)
+    set_activation_dtype(model, act)
+    row["compress_s"] = time.perf_counter() - t0
+    row["activation_dtype"] = str(act).replace("torch.", "")
+    rec = getattr(model, "sizewise_compression", None)
+    if rec is not None and getattr(rec, "fallbacks", None):
+        row["notes"].append(f"{len(rec.fallbacks)} layer(s) used a fallback group size")
+    if rec is not None and getattr(rec, "kept", None):
+        row["notes"].append(f"{len(rec.kept)} targeted layer(s) kept in float: {sorted(set(rec.kept.values()))[0]}")
+
+    # save + reload: size on disk is the file, load time is what a user pays, and the reloaded
+    # model is the one measured (proves the checkpoint round-trips).
+    row["bytes"], row["load_s"] = None, None
+    phase("save/load", 0, 1)
+    try:
+        from sizewise.compression.checkpoint import load_compressed, save_compressed
+    except ImportError:
+        load_compressed = save_compressed = None
+        row["notes"].append("checkpoint module not available: size/load time not measured")
+    if save_compressed is not None:
+        out = (keep_dir or tmp) / name
+        try:
+            save_compressed(model, tokenizer, out, None, str(parent_path), force=True)
+            row["bytes"] = speed.dir_bytes(out / "model.safetensors") if (out / "model.safetensors").exists() \
+                else sum(speed.dir_bytes(p) for p in out.glob("*.safetensors"))
+            row["dir_bytes"] = speed.dir_bytes(out)
+            del model
+            (model, _tok, _man), row["load_s"] = speed.timed_load(lambda: load_compressed(out))
+            set_activation_dtype(model, act)
+        except (SizewiseError, NotImplementedError, ValueError) as e:
+            row["notes"].append(f"not saveable in the sizewise format ({str(e).splitlines()[0]}): size/load not measured")
+            if "model" not in locals() or model is None:
+                model = copy.deepcopy(parent)
+                compress(model, config, calib_tokens=calib)
+                set_activation_dtype(model, act)
+        finally:
+            if keep_dir is None:
+                shutil.rmtree(out, ignore_errors=True)
+    row["expected_bytes"] = expected_bytes(parent, name, config, getattr(rec, "fallbacks", None))
+    row["kernels"] = kernels_of(model)
+    row["resident_bytes"] = resident_bytes(model)
+    model.eval()
+
+    phase("quality", 0, len(ref.windows))
+    q = metrics.compare(model, ref, progress=lambda d, t: phase("quality", d, t))
+    row["quality"] = q.to_dict()
+    phase("speed", 0, 1)
+    sp = speed.measure_speed(model, tokens, s.batches, s.prefill_tokens, s.decode_steps, s.decode_prompt,
+                             s.runs, on_phase=lambda p: phase(p, 0, 1), compile=s.compile)
+    row["speed"] = sp.to_dict()
+    row["peak_rss_bytes"] = speed.peak_rss_bytes()
+    del model
+    torch.set_default_dtype(torch.float32)
+    return row
+
+
+def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = False,
+              settings: StudySettings | None = None, text_files: list[str] | None = None,
+              keep_dir: Path | None = None, progress: bool = True, console=None) -> dict:
+    """Run the grid; returns the study dict (what study.json holds). See module doc."""
+    import torch
+
+    from sizewise.compression.recipes import RECIPES
+    from sizewise.evaluate import data, machine, metrics, speed
+    from sizewise.io.model_load import load_model
+
+    recipes = recipes or parse_recipes(None, quick)
+    s = settings or (QUICK_SETTINGS if quick else StudySettings())
+    machine.set_threads()
+    t_start = time.perf_counter()
+    text = data.corpus_text(text_files) if text_files else None
+    need = max(s.eval_tokens, s.prefill_tokens, max(s.batches) * s.decode_prompt)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    console = console or Console(stderr=True)
+    prog = Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=not progress, transient=False)
+    with prog:
+        top = prog.add_task("study: loading parent", total=len(recipes) + 1)
+        sub = prog.add_task("", total=1)
+
+        def phase(name: str, done: int, total: int, recipe: str = "parent") -> None:
+            prog.update(sub, description=f"  {recipe}: {name}", completed=done, total=max(total, 1))
+
+        (lm, load_s) = speed.timed_load(lambda: load_model(model_spec))
+        parent, tok = lm.model, lm.tokenizer
+        grid = source_grid(lm.source)
+        tokens = data.eval_tokens(tok, need, text)
+        prog.update(top, description="study: parent reference", advance=1)
+        ref = metrics.build_reference(parent, tokens[:s.eval_tokens], s.window,
+                                      progress=lambda d, t: phase("reference", d, t))
+        rows = []
+        tmp = Path(tempfile.mkdtemp(prefix="sizewise-study-"))
+        try:
+            for name in recipes:
+                cfg = RECIPES[name]
+                prog.update(top, description=f"study: {name}")
+                calib = None
+                if cfg.needs_calibration:
+                    calib = data.calib_tokens(tok, getattr(cfg, "calib_samples", 8), getattr(cfg, "calib_seq_len", 256), text)
+                row = _variant(parent, name, cfg, calib, tok, lm.source, tmp, keep_dir, ref, tokens, s,
+                               lambda p, d, t, _n=name: phase(p, d, t, _n))
+                row["matches_source_grid"] = matches_source_grid(cfg, grid)
+                rows.append(row)
+                prog.update(top, advance=1)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _add_ratios(rows)
+    return {
+        "model": model_spec, "source": str(lm.source), "source_kind": lm.kind,
+        "parent": {"description": _parent_description(lm, grid), "params": sum(p.numel() for p in parent.parameters()),
+                   "load_s": load_s, "quality": ref.quality.to_dict(), "source_grid": grid},
+        "settings": {**s.__dict__, "batches": list(s.batches), "corpus": "files: " + ", ".join(text_files)
+                     if text_files else "pydoc_data.topics.topics (sorted keys, blank-line joined)", "quick": quick},
+        "recipes": rows, "claimed": CLAIMED, "wall_s": time.perf_counter() - t_start,
+        "machine": machine.machine_info(), "command": machine.command_line(),
+    }
+
+
+def _parent_description(lm, grid) -> str:
+    if lm.kind == "gguf":
+        g = f" (Linear weights stored as {grid['ggml_type']})" if grid else ""
+        return f"{lm.source.name}{g}, dequantized to fp32 by transformers: this fp32 model is the parent"
+    return f"{lm.source} loaded in fp32: this is the parent"
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """Ratios to the fp32 row of the same run: compression, prefill and decode speedup, Δppl %."""
+    base = next((r for r in rows if r["recipe"] == "fp32"), None)
+    if base is None:
+        return
+    bp = base["quality"]["ppl"]
+    for r in rows:
+        sp, bs = r["speed"], base["speed"]
+        r["ratios"] = {
+            "compression": (base["bytes"] / r["bytes"]) if base.get("bytes") and r.get("bytes") else None,
+            "prefill_speedup": sp["prefill_tok_s"] / bs["prefill_tok_s"],
+            "decode_speedup": {b: sp["decode_tok_s"][b] / bs["decode_tok_s"][b] for b in sp["decode_tok_s"]},
+            "delta_ppl_pct": 100.0 * (r["quality"]["ppl"] - bp) / bp,
+        }
+        if r.get("bytes") and r.get("expected_bytes"):
+            r["size_vs_formula_pct"] = 100.0 * (r["bytes"] - r["expected_bytes"]) / r["expected_bytes"]
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated when both coordinates are to be minimized."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def _fmt(v, spec: str, none: str = "n/a") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return none
+    return format(v, spec)
+
+
+def markdown(study: dict) -> str:
+    rows = study["recipes"]
+    p = study["parent"]
+    st = study["settings"]
+    m = study["machine"]
+    front = {rows[i]["recipe"] for i in pareto_front(
+        [(r.get("bytes") or math.inf, r["ratios"]["delta_ppl_pct"]) for r in rows])} if rows and "ratios" in rows[0] else set()
+    lines = [f"# sizewise study: {study['model']}", "",
+             f"Parent: {p['description']}. {p['params']:,} parameters; perplexity {p['quality']['ppl']:.3f} over "
+             f"{p['quality']['n_predicted']:,} predicted tokens ({st['eval_tokens']:,} tokens, windows of {st['window']}, "
+             f"corpus {st['corpus']}).", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads). "
+             f"Speed: prefill {st['prefill_tokens']} tokens; greedy decode {st['decode_steps']} steps after a "
+             f"{st['decode_prompt']}-token prompt, static KV cache; median of {st['runs']} runs after a warm-up. "
+             "Ratios are against the fp32 row of this same run.", "",
+             "| recipe | act dtype | size | compression | prefill tok/s | prefill x | "
+             + " | ".join(f"decode b{b} tok/s | decode b{b} x" for b in st["batches"])
+             + " | ppl | Δppl % | KLD | top-1 % | weights in RAM | peak RSS | kernel |",
+             "|---|---|---:|---:|---:|---:|" + "---:|---:|" * len(st["batches"]) + "---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        q, sp, ra = r["quality"], r["speed"], r.get("ratios", {})
+        name = r["recipe"] + (" (source grid)" if r.get("matches_source_grid") else "") + (" ★" if r["recipe"] in front else "")
+        kern = "; ".join(sorted(r["kernels"], key=r["kernels"].get, reverse=True)[:1])
+        dec = " | ".join(f"{sp['decode_tok_s'][str(b)]:.1f} | {_fmt((ra.get('decode_speedup') or {}).get(str(b)), '.2f')}x"
+                         for b in st["batches"])
+        lines.append(
+            f"| {name} | {r['activation_dtype']} | {_fmt(r.get('bytes') and r['bytes'] / 1e6, '.1f')} MB | "
+            f"{_fmt(ra.get('compression'), '.2f')}x | {sp['prefill_tok_s']:.0f} | {_fmt(ra.get('prefill_speedup'), '.2f')}x | "
+            f"{dec} | {q['ppl']:.3f} | {_fmt(ra.get('delta_ppl_pct'), '+.2f')} | {_fmt(q['kld'], '.4f')} | "
+            f"{_fmt(q['top1'] is not None and 100 * q['top1'], '.1f')} | {_fmt(r.get('resident_bytes') and r['resident_bytes'] / 1e6, '.0f')} MB | "
+            f"{r['peak_rss_bytes'] / 2**20:.0f} MiB | {kern} |")
+    lines += ["", "Peak RSS is the study process's high-water mark while the variant was built and measured; the "
+              "fp32 parent and its reference stay resident throughout, so compare \"weights in RAM\" for the "
+              "variant alone. `sizewise eval` reports a model's own peak RSS.", "",
+              "★ = on the Pareto front of size vs Δppl. \"(source grid)\" = the recipe's int4 grid is the one the "
+              "parent's weights were already stored on (GGUF Q4_1, group 32, asymmetric): it re-finds the stored "
+              "integers, so its near-zero loss says nothing about int4 on a bf16-trained model.", "",
+              "## Claimed vs measured", "",
+              "The commonly quoted table (no model, machine or method given) beside this run:", "",
+              "| precision | claimed compression | measured | claimed speed | measured decode b1 | claimed quality loss | measured Δppl % |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    pick = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-wo", "int4": "int4-g64"}
+    by = {r["recipe"]: r for r in rows}
+    for prec, claim in CLAIMED.items():
+        r = by.get(pick[prec]) or next((x for x in rows if x["recipe"].startswith(prec)), None)
+        if r is None:
+            continue
+        ra = r.get("ratios", {})
+        lines.append(f"| {prec} ({r['recipe']}) | {claim['compression']} | {_fmt(ra.get('compression'), '.2f')}x | "
+                     f"{claim['speed']} | {_fmt((ra.get('decode_speedup') or {}).get('1'), '.2f')}x | "
+                     f"{claim['quality_loss']} | {_fmt(ra.get('delta_ppl_pct'), '+.2f')} |")
+    notes = [f"- {r['recipe']}: {n}" for r in rows for n in r.get("notes", [])]
+    size_chk = [f"- {r['recipe']}: {r['bytes']:,} B on disk vs {r['expected_bytes']:,} B from size_in_format "
+                f"({r['size_vs_formula_pct']:+.2f} %)" for r in rows if r.get("size_vs_formula_pct") is not None]
+    if size_chk:
+        lines += ["", "## Size on disk vs the formula", "", *size_chk]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    lines += ["", f"Command: `{study['command']}`; wall time {study['wall_s']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(study: dict, out_dir: Path) -> list[Path]:
+    """study.json, study.md and the plots, each written atomically."""
+    from sizewise.io.atomic import atomic_write_json, atomic_write_text
+    from sizewise.report.plots import study_plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [atomic_write_json(out_dir / "study.json", study), atomic_write_text(out_dir / "study.md", markdown(study))]
+    paths += study_plots(study, out_dir)
+    return paths
+
+
+def default_out_dir(model_spec: str) -> Path:
+    stem = Path(model_spec.rstrip("/")).name
+    for suf in (".gguf", ".json"):
+        stem = stem.removesuffix(suf)
+    return Path(f"study-{stem or 'model'}")

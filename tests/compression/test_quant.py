@@ -1,0 +1,64 @@
+"""Quantization primitives: error bounds that follow from the scales, and lossless packing."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sizewise.compression import quant as Q
+from sizewise.compression.packed import int4_kernel_pack, int4_kernel_unpack
+
+
+def _w(n=64, k=256, seed=0):
+    torch.manual_seed(seed)
+    return torch.randn(n, k) * torch.linspace(0.01, 3, n)[:, None]  # rows of very different ranges
+
+
+def test_int8_per_channel_error_within_half_a_step():
+    w = _w()
+    q, s = Q.quantize_per_channel_int8(w)
+    assert q.dtype == torch.int8 and s.shape == (64,)
+    err = (w - Q.dequantize_per_channel_int8(q, s)).abs()
+    assert (err <= s.float()[:, None] * 0.5 * (1 + 1e-5) + 1e-7).all()
+    assert q.abs().max() <= 127
+
+
+@pytest.mark.parametrize("g", [32, 64, 128])
+def test_int4_group_error_within_half_a_step(g):
+    w = _w()
+    q, s, zp = Q.group_quantize_int4(w, g)
+    assert q.min() >= 0 and q.max() <= 15 and zp.min() >= 0 and zp.max() <= 15
+    assert s.shape == (64, 256 // g)
+    dq = Q.group_dequantize_int4(q, s, zp, g)
+    step = s.float().repeat_interleave(g, dim=1)
+    assert ((w - dq).abs() <= step * 0.5 * (1 + 1e-5) + 1e-7).all()
+    # zero is exactly representable (observers include 0 in the range)
+    assert (Q.group_dequantize_int4(zp.repeat_interleave(g, 1), s, zp, g) == 0).all()
+
+
+def test_int4_group_must_divide():
+    with pytest.raises(ValueError):
+        Q.group_quantize_int4(torch.randn(16, 96), 64)
+
+
+def test_int32_nibble_packing_roundtrip_and_order():
+    torch.manual_seed(0)
+    q = torch.randint(0, 16, (24, 64), dtype=torch.int32)
+    p = Q.pack_int4_to_int32(q)
+    assert p.shape == (24, 8) and p.dtype == torch.int32
+    assert torch.equal(Q.unpack_int32_to_int4(p, 64), q)
+    # lowest nibble first (compressed-tensors order)
+    assert int(p[0, 0]) & 0xF == int(q[0, 0]) and (int(p[0, 0]) >> 4) & 0xF == int(q[0, 1])
+
+
+@pytest.mark.parametrize("n,k", [(16, 64), (96, 192), (576, 1536)])
+def test_cpu_kernel_layout_inverse(n, k):
+    torch.manual_seed(n)
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32)
+    assert torch.equal(int4_kernel_unpack(int4_kernel_pack(q), n, k), q)
+
+
+def test_per_token_activation_quant():
+    x = torch.randn(5, 32)
+    xq, xs = Q.quantize_per_token_int8(x)
+    assert xs.shape == (5, 1)
+    assert ((x - xq.float() * xs).abs() <= xs * 0.5 + 1e-6).all()

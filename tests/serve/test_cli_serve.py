@@ -1,0 +1,86 @@
+"""`sizewise serve` as a process: start-up line, a live request, SIGTERM drains and exits 0; bad input exits 2."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import torch
+
+from sizewise.serve.server import free_port
+
+from . import tiny
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sizewise.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def test_serve_process_drains_on_sigterm(tmp_path):
+    tok = tiny.byte_tokenizer()
+    model = tiny.tiny_llama(seed=0, vocab=len(tok), dtype=torch.float32, max_position_embeddings=1024)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    port = free_port()
+    proc = _cli("serve", str(tmp_path / "m"), "--port", str(port), "--kv-memory", "2MiB", "--block-size", "8")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        got = {}
+
+        def stream():
+            with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                              json={"model": "m", "prompt": "hi", "max_tokens": 120, "stream": True, "ignore_eos": True}) as r:
+                lines = [l for l in r.iter_lines() if l.startswith("data: ")]
+            got["done"] = lines[-1] == "data: [DONE]"
+            got["usage"] = json.loads(lines[-2][6:])["usage"]
+
+        t = threading.Thread(target=stream)
+        t.start()
+        deadline = time.monotonic() + 30
+        while "sizewise_requests_running 1.0" not in httpx.get(url + "/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        t.join(timeout=60)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert got.get("done") and got["usage"]["completion_tokens"] == 120  # the running request finished
+    start = next(l for l in err.splitlines() if "KV pool" in l)
+    blocks = int(start.split("KV pool ")[1].split(" blocks")[0])
+    per_token = int(start.split("layout, ")[1].split(" B/token")[0])
+    assert blocks == (2 * 2**20) // (8 * per_token) and "MiB" in start and "MB" in start
+    assert "request 1 length prompt=2 completion=120" in err and "stopped" in err
+
+
+def test_serve_bad_input_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from sizewise.cli import app
+
+    runner = CliRunner()
+    for args, msg in ((["serve", str(tmp_path / "missing")], "model not found"),
+                      (["serve", "bundled", "--kv-memory", "lots"], "cannot read size 'lots'"),
+                      (["serve", "bundled", "--max-batch", "0"], "--max-batch"),
+                      (["bench-serve", "bundled", "--concurrency", "1,x"], "--concurrency")):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert msg in r.output and "Traceback" not in r.output

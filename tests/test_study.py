@@ -1,0 +1,90 @@
+"""`sizewise study` / `sizewise eval` end to end on a tiny model, plus the user-error paths."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sizewise.cli import app
+from sizewise.errors import SizewiseError
+from sizewise.study import StudySettings, parse_recipes, pareto_front, run_study, write_outputs
+
+runner = CliRunner()
+SMALL = StudySettings(eval_tokens=1024, decode_steps=4, decode_prompt=16, prefill_tokens=64, runs=1)
+
+
+@pytest.fixture(scope="module")
+def study(tiny_model_dir, tmp_path_factory):
+    s = run_study(str(tiny_model_dir), ["fp32", "int8-wo"], settings=SMALL, progress=False)
+    out = tmp_path_factory.mktemp("study")
+    return s, out, write_outputs(s, out)
+
+
+def test_study_writes_json_markdown_and_plots(study):
+    s, out, paths = study
+    names = {p.name for p in paths}
+    assert {"study.json", "study.md", "size_vs_ppl.png", "speed_vs_ppl.png"} <= names
+    for p in paths:
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((out / "study.json").read_text())
+    assert {"model", "parent", "settings", "recipes", "claimed", "machine", "command"} <= set(on_disk)
+    assert {"cpu", "cores", "torch"} <= set(on_disk["machine"])
+    md = (out / "study.md").read_text()
+    assert "| fp32 |" in md and "int8-wo" in md and "Claimed vs measured" in md and "8x" in md
+
+
+def test_study_rows_carry_the_documented_measurements(study):
+    s, _, _ = study
+    rows = {r["recipe"]: r for r in s["recipes"]}
+    assert list(rows) == ["fp32", "int8-wo"]
+    for r in rows.values():
+        assert {"bytes", "expected_bytes", "load_s", "activation_dtype", "kernels", "quality", "speed", "ratios",
+                "peak_rss_bytes", "matches_source_grid"} <= set(r)
+        assert r["speed"]["prefill_tok_s"] > 0 and r["speed"]["decode_tok_s"]["8"] > 0
+    fp32, i8 = rows["fp32"], rows["int8-wo"]
+    assert fp32["ratios"]["compression"] == 1.0 and fp32["ratios"]["delta_ppl_pct"] == 0.0
+    assert fp32["quality"]["kld"] == pytest.approx(0.0, abs=1e-7) and fp32["quality"]["top1"] == 1.0
+    assert i8["bytes"] < fp32["bytes"] and i8["ratios"]["compression"] > 1.0
+    assert i8["activation_dtype"] == "bfloat16"
+    assert any("int8pack" in k for k in i8["kernels"])
+    assert 0 < i8["quality"]["kld"] < 0.05 and i8["quality"]["top1"] > 0.9
+    assert abs(i8["bytes"] - i8["expected_bytes"]) / i8["expected_bytes"] < 0.01
+    assert s["parent"]["quality"]["n_predicted"] == 1022
+
+
+def test_parse_recipes_lists_valid_names_and_adds_the_baseline():
+    with pytest.raises(SizewiseError, match="int4-g64"):
+        parse_recipes("nonsense")
+    assert parse_recipes("int8-wo") == ["fp32", "int8-wo"]
+    assert "int4-gptq-g128" in parse_recipes(None) and len(parse_recipes(None, quick=True)) < len(parse_recipes(None))
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(1.0, 5.0), (2.0, 1.0), (3.0, 3.0), (0.5, 9.0)]
+    assert pareto_front(pts) == [0, 1, 3]
+
+
+def test_cli_bad_recipes_exit_2_with_valid_names():
+    r = runner.invoke(app, ["study", "bundled", "--recipes", "nonsense"])
+    assert r.exit_code == 2
+    assert "int8-wo" in r.output and "Traceback" not in r.output
+
+
+def test_cli_missing_text_file_exit_2(tmp_path):
+    for verb in (["eval", "bundled"], ["study", "bundled"]):
+        r = runner.invoke(app, verb + ["--text", str(tmp_path / "nope.txt")])
+        assert r.exit_code == 2 and "nope.txt" in r.output
+
+
+def test_cli_eval_json_keys(tiny_model_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--against", str(tiny_model_dir), "--tokens", "1024",
+                            "--json", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert {"quality", "speed", "bytes_on_disk", "load_s", "peak_rss_bytes", "kernels", "machine", "command"} <= set(res)
+    assert res["quality"]["kld"] == pytest.approx(0.0, abs=1e-7) and res["quality"]["top1"] == 1.0
+    assert {"1", "8"} == set(res["speed"]["decode_tok_s"]) and res["speed"]["prefill_tokens"] == 512
+    assert res["bytes_on_disk"] == sum(p.stat().st_size for p in tiny_model_dir.glob("*.safetensors"))
