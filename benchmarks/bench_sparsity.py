@@ -69,7 +69,10 @@ def bench_bytes(model_spec: str, quick: bool) -> list[dict]:
             man = save_compressed(model, None, Path(d) / "ckpt", {"prune": model.sizewise_prune}, None)
             loaded, _, _ = load_compressed(Path(d) / "ckpt")
             with torch.no_grad():
-                same = bool(torch.equal(model.float()(x).logits, loaded.float()(x).logits))
+                for m in (model, loaded):  # back to fp32 params (values are fp16-exact) to run on CPU
+                    for p in m.parameters():
+                        p.data = p.data.float()
+                same = bool(torch.equal(model(x).logits, loaded(x).logits))
         ratio = packed / dense
         rows.append({"case": label, "sparsity": spec, "values": recipe or "fp16", "pruned_packed_bytes": packed,
                      "pruned_dense_fp16_bytes": dense, "ratio": ratio, "target": target,
@@ -90,6 +93,20 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(ts)
 
 
+def _paired(fn, base, reps: int) -> tuple[float, float]:
+    """Median times of `fn` and `base`, run alternately so both see the same machine load."""
+    fn(), base()
+    a, b = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        a.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        base()
+        b.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
+
+
 def bench_speed(quick: bool) -> list[dict]:
     """One SmolLM2 MLP projection (1536 x 576), decode (1 token) and prefill (512 tokens)."""
     from torch import nn
@@ -99,7 +116,7 @@ def bench_speed(quick: bool) -> list[dict]:
 
     torch.manual_seed(0)
     lin = nn.Linear(576, 1536, bias=False)
-    reps = 3 if quick else 9
+    reps = 5 if quick else 21
     rows = []
     for tokens in (1, 512):
         x = torch.randn(tokens, 576)
@@ -114,14 +131,14 @@ def bench_speed(quick: bool) -> list[dict]:
                 pruned.weight.copy_(lin.weight * mask)
                 for vf in ("fp16", "int4"):
                     mod = SparseLinear.from_float(pruned, mask, vf, pat.n, pat.m, group_size=64)
-                    t = _median_time(lambda: mod(x), reps)
+                    t, b = _paired(lambda: mod(x), lambda: lin(x), reps)
                     rows.append({"tokens": tokens, "variant": f"{spec} {vf} packed", "seconds": t,
-                                 "ratio_vs_dense": base / t, "kernel": mod.kernel})
+                                 "dense_seconds_paired": b, "ratio_vs_dense": b / t, "kernel": mod.kernel})
                 if not pat.is_nm:
                     mod = SparseLinear.from_float(pruned, mask, "fp16").use_csr()
-                    t = _median_time(lambda: mod(x), reps)
+                    t, b = _paired(lambda: mod(x), lambda: lin(x), reps)
                     rows.append({"tokens": tokens, "variant": f"{spec} torch.sparse CSR", "seconds": t,
-                                 "ratio_vs_dense": base / t, "kernel": mod.kernel})
+                                 "dense_seconds_paired": b, "ratio_vs_dense": b / t, "kernel": mod.kernel})
     # 2:4 semi-structured kernels: CUDA only in torch; say so when this CPU has none
     try:
         from torch.sparse import to_sparse_semi_structured
@@ -139,20 +156,49 @@ def main() -> None:
     ap.add_argument("--model", default="bundled")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--parts", default="speed,bytes,quality", help="comma list of speed, bytes, quality")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sparsity.json"))
     a = ap.parse_args()
     t0 = time.perf_counter()
     result = {"benchmark": "sparsity", "machine": machine_info(), "command": " ".join(["python", *sys.argv]),
               "note": "timings on a shared, busy machine are noisy; ratios are measured in the same run"}
-    result["speed"] = bench_speed(a.quick)
-    t = Table(title="dense vs sparse matmul, 1536x576 (ratio > 1 = faster than dense)")
+    parts = set(a.parts.split(","))
+    if a.skip_quality:
+        parts.discard("quality")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every part, so an interrupted run keeps what it measured
+        result["seconds"] = time.perf_counter() - t0
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        tmp.replace(out)
+
+    if "quality" in parts:
+        quality_and_table(result, a.model, a.quick)
+        write()
+    if "bytes" in parts:
+        bytes_and_table(result, a.model, a.quick)
+        write()
+    if "speed" in parts:
+        speed_and_table(result, a.quick)
+        write()
+    console.print(f"wrote {out}")
+
+
+def speed_and_table(result: dict, quick: bool) -> None:
+    result["speed"] = bench_speed(quick)
+    t = Table(title="dense vs sparse matmul, 1536x576 (x dense > 1 = faster; dense timed alternately with each variant)")
     for c in ("tokens", "variant", "ms", "x dense", "kernel"):
         t.add_column(c)
     for r in result["speed"]:
         t.add_row(str(r["tokens"]), r["variant"], "" if r["seconds"] is None else f"{r['seconds'] * 1e3:.3f}",
                   "" if r["ratio_vs_dense"] is None else f"{r['ratio_vs_dense']:.2f}", r["kernel"])
     console.print(t)
-    result["bytes"] = bench_bytes(a.model, a.quick)
+
+
+def bytes_and_table(result: dict, model: str, quick: bool) -> None:
+    result["bytes"] = bench_bytes(model, quick)
     t = Table(title="bytes of the pruned tensors vs the same tensors dense fp16")
     for c in ("case", "ratio", "target", "met", "checkpoint / dense fp16 checkpoint", "reload identical"):
         t.add_column(c)
@@ -161,29 +207,24 @@ def main() -> None:
                   "" if r["met"] is None else ("met" if r["met"] else "MISSED"), f"{r['checkpoint_ratio']:.4f}",
                   str(r["reload_identical_logits"]))
     console.print(t)
-    if not a.skip_quality:
-        cfg = StudyConfig(model=a.model, patterns=("0.5",), curve=(0.7,), curve_methods=("wanda",),
-                          progressive_levels=(0.3, 0.5, 0.7))
-        if a.quick:
-            cfg = StudyConfig.quick(a.model)
-        with tempfile.TemporaryDirectory() as d:
-            q = run_study(d, cfg, console=console, command=result["command"])
-        result["quality"] = {"dense": q["dense"], "rows": q["rows"], "targets": q["claims"], "config": q["config"]}
-        t = Table(title="quality targets")
-        t.add_column("target")
-        t.add_column("numbers")
-        t.add_column("met")
-        for name, c in q["claims"].items():
-            t.add_row(name, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in c.items() if k != "holds"), "met" if c["holds"] else "MISSED")
-        console.print(t)
-    result["seconds"] = time.perf_counter() - t0
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    tmp.replace(out)
-    console.print(f"wrote {out}")
+
+
+def quality_and_table(result: dict, model: str, quick: bool) -> None:
+    cfg = StudyConfig(model=model, patterns=("0.5",), curve=(0.7,), curve_methods=("wanda",),
+                      progressive_levels=(0.5, 0.6, 0.7), recovery_steps=5)
+    if quick:
+        cfg = StudyConfig.quick(model)
+    with tempfile.TemporaryDirectory() as d:
+        q = run_study(d, cfg, console=console, command=result["command"])
+    result["quality"] = {"dense": q["dense"], "rows": q["rows"], "targets": q["claims"], "config": q["config"]}
+    t = Table(title="quality targets")
+    t.add_column("target")
+    t.add_column("numbers")
+    t.add_column("met")
+    for name, c in q["claims"].items():
+        t.add_row(name, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in c.items() if k != "holds"), "met" if c["holds"] else "MISSED")
+    console.print(t)
 
 
 if __name__ == "__main__":

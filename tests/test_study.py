@@ -32,7 +32,7 @@ def test_study_writes_json_markdown_and_plots(study):
     assert {"model", "parent", "settings", "recipes", "claimed", "machine", "command"} <= set(on_disk)
     assert {"cpu", "cores", "torch"} <= set(on_disk["machine"])
     md = (out / "study.md").read_text()
-    assert "| fp32 |" in md and "int8-wo" in md and "Claimed vs measured" in md and "8x" in md
+    assert "\n| fp32 " in md and "\n| int8-wo " in md and "Claimed vs measured" in md and "8x" in md
 
 
 def test_study_rows_carry_the_documented_measurements(study):

@@ -206,4 +206,4 @@ def _print_summary(s: dict) -> None:
                     f"multiple of {req}); listed in sizewise.json 'fallbacks':")
         c.print("  " + _compact_names(s["fallbacks"]))
     if s["kept_float"]:
-        c.print(f"[yellow]kept in float[/]: " + "; ".join(f"{k} ({v})" for k, v in s["kept_float"].items()))
+        c.print("[yellow]kept in float[/]: " + "; ".join(f"{k} ({v})" for k, v in s["kept_float"].items()))

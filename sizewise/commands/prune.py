@@ -62,12 +62,15 @@ def pack_pruned(model: nn.Module, masks: dict[str, torch.Tensor], pattern, value
     from sizewise.compression.apply import set_module
     from sizewise.compression.sparse import SparseLinear
 
+    from sizewise.compression.sparse import int4_group_for
+
     mods = dict(model.named_modules())
     out = {}
     for name, mask in masks.items():
         lin = mods[name]
         q = (quant or {}).get(name) if values_format == "int4" else None
-        new = SparseLinear.from_float(lin, mask, values_format, pattern.n, pattern.m, group_size or 128, quant=q)
+        g = int4_group_for(lin.in_features, group_size or 128) if values_format == "int4" else (group_size or 128)
+        new = SparseLinear.from_float(lin, mask, values_format, pattern.n, pattern.m, g, quant=q)
         set_module(model, name, new)
         out[name] = new.scheme
     return out
@@ -120,8 +123,13 @@ def apply_prune_options(model: nn.Module, tokenizer, opts: dict[str, Any]) -> nn
     targets = prunable_linears(model)
     for n, lin in targets.items():
         check_pattern_fits(pattern, lin.in_features, n)
-        if vf == "int4" and lin.in_features % group:
-            raise SizewiseError(f"int4 group size {group} does not divide {n}'s input dimension {lin.in_features}")
+        if vf == "int4":
+            from sizewise.compression.sparse import int4_group_for
+            try:
+                int4_group_for(lin.in_features, group)
+            except ValueError:
+                raise SizewiseError(f"no int4 group size (g{group}, g64, g32) divides {n}'s input dimension "
+                                    f"{lin.in_features}: use int8-wo or fp16 values") from None
     # recovery steps: per level for progressive (default 20); after pruning for one-shot (default 0)
     steps = int(opts["steps"]) if opts.get("steps") is not None else (20 if schedule == "progressive" else 0)
     calib = None
@@ -177,6 +185,7 @@ def apply_prune_options(model: nn.Module, tokenizer, opts: dict[str, Any]) -> nn
     quant = getattr(model, "_sizewise_sparse_quant", None) if joint else None
     record["measured_sparsity"] = mask_sparsity(masks)
     record["schemes"] = sorted(set(pack_pruned(model, masks, pattern, vf, group, quant).values()))
+    # which int4 group each layer got (g128 falls back to g64 where 128 does not divide the input dim)
     if hasattr(model, "_sizewise_sparse_quant"):
         del model._sizewise_sparse_quant
     model.sizewise_prune = record

@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from sizewise.compression import quant as Q
 

@@ -292,8 +292,12 @@ def prune_model(model: nn.Module, method: str, pattern: Pattern, calib: torch.Te
 
     def prune_layer(name, lin, stat):
         xtx, count = stat
+        g = quant_group
+        if quant_bits:
+            from sizewise.compression.sparse import int4_group_for
+            g = int4_group_for(lin.in_features, quant_group)
         w, m, qp = sparsegpt_prune(lin.weight.data, 2.0 * xtx / max(count, 1), pat_for(name),
-                                   prev_mask=previous.get(name), quant_bits=quant_bits, quant_group=quant_group)
+                                   prev_mask=previous.get(name), quant_bits=quant_bits, quant_group=g)
         lin.weight.data.copy_(w.to(lin.weight.dtype))
         if qp is not None:
             quant[name] = qp

@@ -3,14 +3,12 @@
 Each stored tensor of the manifest is priced with sizewise.size.formats.tensor_bytes in the format
 its scheme corresponds to (int4-gG-asym -> int4-gG, int8-* -> int8, float tensors -> their dtype),
 so the policy (which tensors stay float, in which dtype, which layers fell back to a smaller group)
-is exactly the checkpoint's. formats.py prices the int4 zero point as fp16 (2 B/group, the
-torchao/gpt-fast layout); this checkpoint packs integer zero points as compressed-tensors does
-(0.5 B/group), so we also report the estimate with that one difference applied ("layout").
+is exactly the checkpoint's. formats.py prices int4 in the compressed-tensors layout this
+checkpoint uses (bf16 scales, 4-bit zero points packed 8 per int32), so "layout" == "estimate".
 """
 from __future__ import annotations
 
 import re
-from math import ceil
 
 _INT4 = re.compile(r"^int4-g(\d+)-asym$")
 
@@ -27,9 +25,9 @@ def scheme_format(scheme: str) -> str | None:
 
 
 def estimate_bytes(manifest: dict) -> dict:
-    """{"estimate": formats.py bytes, "layout": with packed int4 zero points, "unpriced": [schemes]}."""
+    """{"estimate": formats.py bytes, "layout": the same (kept for the JSON schema), "unpriced": [schemes]}."""
     from sizewise.arch.inventory import TensorSpec
-    from sizewise.size.formats import get_format, tensor_bytes
+    from sizewise.size.formats import tensor_bytes
 
     est = layout = 0
     unpriced: set[str] = set()
@@ -42,9 +40,5 @@ def estimate_bytes(manifest: dict) -> dict:
         spec = TensorSpec(name=name, shape=shape, copies=1, group="mlp", kind="linear")
         b = tensor_bytes(spec, fmt, tied=False, keep_kinds=())
         est += b
-        if fmt.startswith("int4"):
-            f = get_format(fmt)
-            rows, groups = shape[0], ceil(shape[-1] / f.group)
-            b -= rows * groups * f.zero_bytes - ceil(rows / 8) * groups * 4  # packed int32 zero points
         layout += b
     return {"estimate": est, "layout": layout, "unpriced": sorted(unpriced)}

@@ -62,6 +62,15 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return (b << torch.arange(bits, dtype=torch.uint8)).sum(1, dtype=torch.uint8).to(torch.int64)
 
 
+def int4_group_for(in_features: int, requested: int, fallbacks: tuple[int, ...] = (64, 32)) -> int:
+    """The requested int4 group size if it divides the input dim, else the largest fallback that does
+    (the core's rule: SmolLM2's 576-wide inputs take g64 when g128 is asked)."""
+    for g in (requested, *[f for f in fallbacks if f < requested]):
+        if in_features % g == 0:
+            return g
+    raise ValueError(f"no int4 group size in {(requested, *fallbacks)} divides {in_features}")
+
+
 def index_bits(m: int) -> int:
     return max(1, math.ceil(math.log2(m)))
 

@@ -8,15 +8,13 @@ block leaked, no request crashed and the server still answers.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import httpx
 import torch
 
-from sizewise.serve.loadgen import Req, mixed_workload, run_load, summarize
+from sizewise.serve.loadgen import Req, mixed_workload, run_load_subprocess, summarize
 
 log = logging.getLogger("sizewise.serve")
 
@@ -80,7 +78,7 @@ def baseline_static(model, reqs: list[Req], batch: int, pad_id: int = 0, progres
 def _serve_load(engine, model_name: str, reqs: list[Req], concurrency: int, duration_s: float, url: str) -> dict:
     engine.reset_peaks()
     pre = engine.scheduler.num_preemptions
-    results, wall = run_load(url, model_name, reqs, concurrency, duration_s)
+    results, wall = run_load_subprocess(url, model_name, reqs, concurrency, duration_s)
     st = engine.stats()
     s = summarize(results, wall)
     s.update({"concurrency": concurrency, "peak_kv_blocks": st["peak_kv_blocks"], "peak_kv_bytes": st["peak_kv_bytes"],
@@ -102,7 +100,7 @@ def soak(engine, model_name: str, tokenizer, n: int, concurrency: int, url: str,
     """n short requests, 10 % cancelled and 5 % disconnected mid-stream; then check for leaks and liveness."""
     reqs = mixed_workload(tokenizer, n, max_tokens, seed=seed, cancel_frac=0.10, disconnect_frac=0.05, long_prompts=False)
     before = dict(engine.finished_by_reason)
-    results, wall = run_load(url, model_name, reqs, concurrency, duration_s=3600)
+    results, wall = run_load_subprocess(url, model_name, reqs, concurrency, duration_s=3600)
     idle = _wait_idle(engine)
     st = engine.stats()
     health = httpx.get(url + "/health", timeout=30)

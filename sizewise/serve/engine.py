@@ -291,27 +291,24 @@ class Engine:
         self.alerts = self.metrics.update(running=len(self.scheduler.running), waiting=len(self.scheduler.waiting), pool=self.pool)
 
     def step(self) -> None:
-        """One scheduler step: prefill the admitted bucket, decode everything that was running."""
+        """One scheduler step: prefill the admitted bucket and decode everything that was running, together."""
         out = self.scheduler.schedule()
         self.steps += 1
         if out.preempted:
             self.metrics.preemptions.inc(len(out.preempted))
         self._track_pool()
-        if out.prefill:
-            seqs = out.prefill
-            logits = self.runner.forward([StepInput(s.seq_id, s.tokens[s.cached:], s.cached) for s in seqs])
-            for s in seqs:
-                s.cached = s.num_tokens
-            self._emit(seqs, logits)
-        if out.decode:
-            seqs = [s for s in out.decode if s.status is Status.RUNNING]
-            t0 = time.perf_counter()
-            logits = self.runner.forward([StepInput(s.seq_id, [s.output_ids[-1] if s.output_ids else s.prompt_ids[-1]],
-                                                    s.num_tokens - 1) for s in seqs])
+        # one forward for everything: the admitted bucket's prompts and every running sequence's next token
+        # (the runner packs tokens, so mixing lengths costs no padding in the linear layers)
+        seqs = out.prefill + [s for s in out.decode if s.status is Status.RUNNING]
+        if not seqs:
+            return
+        t0 = time.perf_counter()
+        logits = self.runner.forward([StepInput(s.seq_id, s.tokens[s.cached:], s.cached) for s in seqs])
+        if not out.prefill:  # pure decode steps feed the latency model behind admission
             self.scheduler.record_decode(len(seqs), time.perf_counter() - t0)
-            for s in seqs:
-                s.cached = s.num_tokens
-            self._emit(seqs, logits)
+        for s in seqs:
+            s.cached = s.num_tokens
+        self._emit(seqs, logits)
 
     def _track_pool(self) -> None:
         """Peaks and the slot-weighted mean fragmentation (unused slot-steps / allocated slot-steps)."""

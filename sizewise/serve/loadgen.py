@@ -171,3 +171,35 @@ def summarize(results: list[Result], wall_s: float) -> dict:
         "latency_s": {f"p{q}": percentile(e2e, q / 100) for q in (50, 95, 99)},
         "itl_s": {f"p{q}": percentile(itl, q / 100) for q in (50, 95, 99)},
     }
+
+
+def run_load_subprocess(base_url: str, model: str, reqs: list[Req], concurrency: int,
+                        duration_s: float = 3600.0) -> tuple[list[Result], float]:
+    """run_load in a separate Python process (JSON over stdin/stdout), so the client's event loop does not
+    compete with the engine thread for this process's GIL: the server is measured, not the load generator."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    job = {"url": base_url, "model": model, "concurrency": concurrency, "duration_s": duration_s,
+           "requests": [dataclasses.asdict(r) for r in reqs]}
+    p = subprocess.run([sys.executable, "-m", "sizewise.serve.loadgen"], input=json.dumps(job), capture_output=True,
+                       text=True, timeout=duration_s + 600)
+    if p.returncode != 0:
+        raise RuntimeError(f"load generator failed: {p.stderr.strip().splitlines()[-1:] or p.returncode}")
+    out = json.loads(p.stdout)
+    return [Result(**r) for r in out["results"]], out["wall_s"]
+
+
+def _main() -> None:
+    import dataclasses
+    import sys
+
+    job = json.loads(sys.stdin.read())
+    reqs = [Req(**r) for r in job["requests"]]
+    results, wall = run_load(job["url"], job["model"], reqs, job["concurrency"], job["duration_s"])
+    sys.stdout.write(json.dumps({"wall_s": wall, "results": [dataclasses.asdict(r) for r in results]}))
+
+
+if __name__ == "__main__":
+    _main()

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from sizewise.errors import SizewiseError
 from sizewise.serve.kv_pool import KVLayout, KVPool
@@ -88,36 +87,32 @@ class ModelRunner:
         if lay != pool.layout:
             raise SizewiseError(f"KV pool layout {pool.layout} does not match the model's {lay}")
         self.cfg = model.config
-        self.dtype = next(model.parameters()).dtype
 
     @torch.inference_mode()
     def forward(self, batch: list[StepInput]) -> torch.Tensor:
         """Write the new tokens' KV into the pool and return next-token logits [B, vocab] (fp32)."""
-        B = len(batch)
         n_new = [len(s.tokens) for s in batch]
         ctx = [s.start + n for s, n in zip(batch, n_new)]
-        Lq, Lk = max(n_new), max(ctx)
-        ids = torch.zeros((B, Lq), dtype=torch.long)
-        pos = torch.zeros((B, Lq), dtype=torch.long)
-        valid = torch.zeros((B, Lq), dtype=torch.bool)
-        for b, s in enumerate(batch):
-            n = n_new[b]
-            ids[b, :n] = torch.tensor(s.tokens, dtype=torch.long)
-            pos[b, :n] = torch.arange(s.start, s.start + n)
-            pos[b, n:] = s.start + n - 1  # padded queries: harmless positions, never written
-            valid[b, :n] = True
         for s, c in zip(batch, ctx):
             self.pool.reserve(s.seq_id, c)
+        ids = torch.tensor([t for s in batch for t in s.tokens], dtype=torch.long)
+        pos = torch.cat([torch.arange(s.start, s.start + n) for s, n in zip(batch, n_new)])
         write_slots = torch.tensor([sl for s, n in zip(batch, n_new) for sl in self.pool.slots(s.seq_id, s.start, s.start + n)],
                                    dtype=torch.long)
-        read_slots = self.pool.slot_tensor([s.seq_id for s in batch], ctx, Lk)  # [B, Lk]
-        # query i (abs pos p_i) sees key j iff j <= p_i and j < ctx_b
-        kpos = torch.arange(Lk)
-        limit = torch.minimum(pos, torch.tensor(ctx)[:, None] - 1)  # [B, Lq]
-        mask = (kpos[None, None, :] <= limit[:, :, None])[:, None]  # [B, 1, Lq, Lk]
+        # attention runs per group of similar query lengths, so decode rows are never padded to a prompt's length
+        offsets = [0]
+        for n in n_new:
+            offsets.append(offsets[-1] + n)
+        by_len: dict[int, list[int]] = {}
+        for b, n in enumerate(n_new):
+            by_len.setdefault(1 << (n - 1).bit_length(), []).append(b)
+        groups = [self._group(batch, rows, n_new, ctx, offsets) for rows in by_len.values()]
+        g = _Grid(write_slots, groups)
 
-        h = self.dec.embed_tokens(ids)
-        rot = self.dec.rotary_emb(h, pos)
+        # Linear layers, norms and MLPs run on the packed tokens [1, T, hidden] (no padding at all);
+        # only attention scatters queries into the padded [B, Lq] grid.
+        h = self.dec.embed_tokens(ids[None])
+        rot = self.dec.rotary_emb(h, pos[None])
         if isinstance(rot, torch.Tensor) and rot.is_complex():  # DeepSeek-V2: complex freqs_cis on interleaved pairs
             cos = torch.cat([rot.real, rot.real], dim=-1).to(h.dtype)
             sin = torch.cat([rot.imag, rot.imag], dim=-1).to(h.dtype)
@@ -129,14 +124,14 @@ class ModelRunner:
             r = h
             x = layer.input_layernorm(h)
             if self.mla:
-                x = self._mla_attention(li, layer.self_attn, x, cos, sin, valid, write_slots, read_slots, mask)
+                x = self._mla_attention(li, layer.self_attn, x, cos, sin, g)
             else:
-                x = self._gqa_attention(li, layer.self_attn, x, cos, sin, valid, write_slots, read_slots, mask)
+                x = self._gqa_attention(li, layer.self_attn, x, cos, sin, g)
             h = r + x
             r = h
             h = r + layer.mlp(layer.post_attention_layernorm(h))
-        last = torch.tensor(n_new) - 1
-        h = h[torch.arange(B), last]  # only each sequence's last token feeds the head
+        last = torch.tensor(n_new).cumsum(0) - 1
+        h = h[0, last]  # only each sequence's last token feeds the head
         h = self.dec.norm(h)
         return self.model.lm_head(h).float()
 
@@ -149,55 +144,104 @@ class ModelRunner:
         Hk, Lk = k.shape[1], k.shape[2]
         rep = H // Hk
         qg = q.reshape(B, Hk, rep * Lq, D)  # head h = kv * rep + r, as in transformers' repeat_kv
-        s = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, Hk, rep*Lq, Lk]
+        acc = torch.promote_types(q.dtype, torch.float32)  # at least fp32 for the softmax (fp64 stays fp64)
+        s = torch.matmul(qg, k.transpose(-1, -2)).to(acc) * scale  # [B, Hk, rep*Lq, Lk]
         m = mask.expand(B, 1, Lq, Lk) if rep == 1 else mask.unsqueeze(2).expand(B, 1, rep, Lq, Lk).reshape(B, 1, rep * Lq, Lk)
         s = s.masked_fill(~m, float("-inf"))
         p = torch.softmax(s, dim=-1).to(v.dtype)
         o = torch.matmul(p, v).view(B, Hk, rep, Lq, -1).reshape(B, H, Lq, -1)
         return o.transpose(1, 2).reshape(B, Lq, -1)
 
-    def _gqa_attention(self, li, attn, x, cos, sin, valid, write_slots, read_slots, mask):
-        B, Lq, _ = x.shape
+    def _group(self, batch, rows, n_new, ctx, offsets) -> "_Group":
+        n = [n_new[b] for b in rows]
+        c = [ctx[b] for b in rows]
+        Lq, Lk = max(n), max(c)
+        valid = torch.arange(Lq)[None, :] < torch.tensor(n)[:, None]  # [b, Lq]
+        pos = torch.tensor([batch[b].start for b in rows])[:, None] + torch.arange(Lq)[None, :]
+        limit = torch.minimum(pos, torch.tensor(c)[:, None] - 1)  # query i sees key j iff j <= its position, j < ctx
+        mask = (torch.arange(Lk)[None, None, :] <= limit[:, :, None])[:, None]  # [b, 1, Lq, Lk]
+        tok = torch.cat([torch.arange(offsets[b], offsets[b] + n_new[b]) for b in rows])
+        read = self.pool.slot_tensor([batch[b].seq_id for b in rows], c, Lk)
+        return _Group(tok, valid, read, mask)
+
+    def _attend_packed(self, q: torch.Tensor, kv_for, g: "_Grid", scale: float) -> torch.Tensor:
+        """q packed [T, H, D] -> attention output packed [T, H*Dv], one padded group at a time."""
+        out = None
+        for grp in g.groups:
+            qg = q.new_zeros(grp.valid.shape + tuple(q.shape[1:]))
+            qg[grp.valid] = q[grp.tok]
+            K, V = kv_for(grp.read)
+            o = self._attend(qg.transpose(1, 2), K, V, grp.mask, scale)[grp.valid]
+            if out is None:
+                out = o.new_empty((q.shape[0], o.shape[-1]))
+            out[grp.tok] = o
+        return out
+
+    def _gqa_attention(self, li, attn, x, cos, sin, g: "_Grid"):
+        T = x.shape[1]
         hd = self.pool.layout.head_dim
-        q = attn.q_proj(x).view(B, Lq, -1, hd)
-        k = attn.k_proj(x).view(B, Lq, -1, hd)
-        v = attn.v_proj(x).view(B, Lq, -1, hd)
+        q = attn.q_proj(x).view(1, T, -1, hd)
+        k = attn.k_proj(x).view(1, T, -1, hd)
+        v = attn.v_proj(x).view(T, -1, hd)
         if hasattr(attn, "q_norm"):  # qwen3-style per-head norms
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        q = _rope(q.transpose(1, 2), cos, sin)[0].transpose(0, 1)  # [T, H, D]
+        k = _rope(k.transpose(1, 2), cos, sin)[0].transpose(0, 1)  # [T, Hk, D]
         kc, vc = self.pool.k[li], self.pool.v[li]
-        kc[write_slots] = k.transpose(1, 2)[valid].to(kc.dtype)
-        vc[write_slots] = v[valid].to(vc.dtype)
-        B_, Lk = read_slots.shape
-        flat = read_slots.reshape(-1)
-        K = kc.index_select(0, flat).view(B_, Lk, *kc.shape[1:]).transpose(1, 2).to(q.dtype)  # [B, Hk, Lk, D]
-        V = vc.index_select(0, flat).view(B_, Lk, *vc.shape[1:]).transpose(1, 2).to(q.dtype)
-        return attn.o_proj(self._attend(q, K, V, mask, attn.scaling))
+        kc[g.write_slots] = k.to(kc.dtype)
+        vc[g.write_slots] = v.to(vc.dtype)
 
-    def _mla_attention(self, li, attn, x, cos, sin, valid, write_slots, read_slots, mask):
-        B, Lq, _ = x.shape
+        def kv_for(read):  # gather this group's keys and values by slot: [b, Hk, Lk, D]
+            b, Lk = read.shape
+            flat = read.reshape(-1)
+            K = kc.index_select(0, flat).view(b, Lk, *kc.shape[1:]).transpose(1, 2).to(q.dtype)
+            V = vc.index_select(0, flat).view(b, Lk, *vc.shape[1:]).transpose(1, 2).to(q.dtype)
+            return K, V
+
+        return attn.o_proj(self._attend_packed(q, kv_for, g, attn.scaling)[None])
+
+    def _mla_attention(self, li, attn, x, cos, sin, g: "_Grid"):
+        T = x.shape[1]
         nope, rope_d, vd = attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim
         if attn.q_lora_rank is None:
             q = attn.q_proj(x)
         else:
             q = attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x)))
-        q = q.view(B, Lq, -1, nope + rope_d).transpose(1, 2)
+        q = q.view(1, T, -1, nope + rope_d).transpose(1, 2)  # [1, H, T, nope+rope]
         q_pass, q_rot = q.split([nope, rope_d], dim=-1)
         ckv = attn.kv_a_proj_with_mqa(x)
         c, k_rot = ckv.split([attn.kv_lora_rank, rope_d], dim=-1)
         c = attn.kv_a_layernorm(c)
-        k_rot = k_rot[:, None]  # [B, 1, Lq, rope]
         # interleaved pairs come out de-interleaved; q and k share the permutation, so q.k is unchanged
         rot = _rope_interleave if self._interleave else _rope
-        q_rot, k_rot = rot(q_rot, cos, sin), rot(k_rot, cos, sin)
+        q_rot, k_rot = rot(q_rot, cos, sin), rot(k_rot[:, None], cos, sin)
         lat = self.pool.latent[li]
-        lat[write_slots] = torch.cat([c, k_rot[:, 0]], dim=-1)[valid].to(lat.dtype)
-        L = lat.index_select(0, read_slots.reshape(-1)).view(*read_slots.shape, -1).to(x.dtype)  # [B, Lk, latent]
-        c_all, kr_all = L.split([attn.kv_lora_rank, rope_d], dim=-1)
-        Lk = L.shape[1]
-        kv = attn.kv_b_proj(c_all).view(B, Lk, -1, nope + vd).transpose(1, 2)
-        k_nope, V = kv.split([nope, vd], dim=-1)
-        K = torch.cat([k_nope, kr_all[:, None].expand(-1, k_nope.shape[1], -1, -1)], dim=-1)
-        Q = torch.cat([q_pass, q_rot], dim=-1)
-        return attn.o_proj(self._attend(Q, K, V.contiguous(), mask, attn.scaling))
+        lat[g.write_slots] = torch.cat([c[0], k_rot[0, 0]], dim=-1).to(lat.dtype)  # the compressed latent per token
+
+        def kv_for(read):  # expand this group's cached latents into per-head keys and values
+            b, Lk = read.shape
+            L = lat.index_select(0, read.reshape(-1)).view(b, Lk, -1).to(x.dtype)  # [b, Lk, latent]
+            c_all, kr_all = L.split([attn.kv_lora_rank, rope_d], dim=-1)
+            kv = attn.kv_b_proj(c_all).view(b, Lk, -1, nope + vd).transpose(1, 2)  # un-absorbed up-projection
+            k_nope, V = kv.split([nope, vd], dim=-1)
+            K = torch.cat([k_nope, kr_all[:, None].expand(-1, k_nope.shape[1], -1, -1)], dim=-1)
+            return K, V.contiguous()
+
+        Q = torch.cat([q_pass, q_rot], dim=-1)[0].transpose(0, 1)  # [T, H, nope+rope]
+        return attn.o_proj(self._attend_packed(Q, kv_for, g, attn.scaling)[None])
+
+
+@dataclass
+class _Group:
+    """Sequences of similar query length attended together in a padded [b, Lq] grid."""
+
+    tok: torch.Tensor  # [t] indices of the group's tokens in the packed order
+    valid: torch.Tensor  # [b, Lq] bool: which grid cells hold a real token
+    read: torch.Tensor  # [b, Lk] slots of each row's context
+    mask: torch.Tensor  # [b, 1, Lq, Lk] bool
+
+
+@dataclass
+class _Grid:
+    write_slots: torch.Tensor  # [T] where each packed token's K/V (or latent) goes
+    groups: list[_Group]

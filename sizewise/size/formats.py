@@ -61,7 +61,7 @@ class StorageFormat:
     bits: float  # payload bits per quantized weight, before scales
     group: int = 0  # group / block length along the input dim (fp8: square block side)
     scale_bytes: int = 0  # per group / row / block
-    zero_bytes: int = 0  # per group (asymmetric int4)
+    zero_bytes: float = 0  # per group (asymmetric int4; 0.5 = a packed 4-bit zero point)
     double_quant: bool = False  # nf4: 8-bit absmax with a second-level fp32 scale
     high_precision: str = "bf16"  # dtype of the kept tensors (GGUF: F32 for 1-D, F16 for 2-D)
     keep_kinds: tuple[str, ...] = KEEP_DEFAULT
@@ -89,7 +89,9 @@ class StorageFormat:
         if self.family == "int-group":
             groups = ceil(cols / self.group)  # rows are zero-padded to whole groups
             payload = rows * groups * self.group * int(self.bits) // 8
-            return payload + rows * groups * (self.scale_bytes + self.zero_bytes)
+            # zero points packed 8 per int32 along the output dim (compressed-tensors layout)
+            zeros = ceil(rows / 8) * 4 * groups if self.zero_bytes == 0.5 else int(rows * groups * self.zero_bytes)
+            return payload + rows * groups * self.scale_bytes + zeros
         if self.family == "nf4":
             # bitsandbytes flattens the tensor: 64-element blocks over numel, last block padded.
             blocks = ceil(numel / 64)
@@ -116,10 +118,11 @@ FORMATS: dict[str, StorageFormat] = {f.name: f for f in (
     _fmt("int8", "int-row", "int8 per output channel + one fp16 scale per row", 8, scale_bytes=2,
          notes=("scale dtype fp16 (2 B/row); an fp32 scale adds 2 B/row, <0.1% for rows of 4096",)),
     *(_fmt(f"int4-g{g}", "int-group",
-           f"int4 asymmetric, groups of {g}: packed nibbles + fp16 scale + fp16 zero per group", 4,
-           group=g, scale_bytes=2, zero_bytes=2,
-           notes=("zero point stored as fp16 (gpt-fast/torchao layout, what aten's int4 CPU kernel "
-                  "consumes as scales_and_zeros); GPTQ-style packed int4 zeros would save 1.5 B/group",
+           f"int4 asymmetric, groups of {g}: packed nibbles + bf16 scale + 4-bit zero per group", 4,
+           group=g, scale_bytes=2, zero_bytes=0.5,
+           notes=("compressed-tensors layout, as `sizewise compress` writes it: weight_packed (int32, 8 "
+                  "nibbles), weight_scale (bf16), weight_zero_point (4-bit, packed 8 per int32 along the "
+                  "output dim); the float zero aten's int4 CPU kernel wants is derived at load time",
                   "a row length not divisible by the group is zero-padded to whole groups"))
       for g in (32, 64, 128)),
     _fmt("nf4", "nf4", "bitsandbytes NF4: 4 bit + one fp32 absmax per 64-element block", 4,
@@ -156,16 +159,14 @@ def get_format(fmt: str | StorageFormat) -> StorageFormat:
 
 def with_high_precision(f: StorageFormat, high_precision: str | None) -> StorageFormat:
     """The format as applied to a model held in `high_precision` (fp32 | fp16 | bf16): kept tensors
-    take that dtype, and int8/int4 scales and zeros follow it (torchao, compressed-tensors and aten's
-    int8/int4 CPU kernels keep scales in the model's dtype). fp8 block scales, nf4 absmax and GGUF
+    take that dtype. int8/int4 scales stay 2-byte (bf16) and int4 zeros 4-bit whatever the model's
+    dtype: that is what `sizewise compress` stores, since aten's CPU kernels run on bf16 scales. fp8 block scales, nf4 absmax and GGUF
     layouts are fixed by their formats and do not change."""
     if high_precision is None or f.family in ("gguf", "float"):
         return f
     if high_precision not in FLOAT_BYTES:
         raise SizewiseError(f"unknown high-precision dtype {high_precision!r}: choose one of {', '.join(FLOAT_BYTES)}")
     nb = FLOAT_BYTES[high_precision]
-    if f.family in ("int-row", "int-group"):
-        return replace(f, high_precision=high_precision, scale_bytes=nb, zero_bytes=nb if f.zero_bytes else 0)
     return replace(f, high_precision=high_precision)
 
 

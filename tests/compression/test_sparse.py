@@ -155,6 +155,9 @@ def test_joint_sparsegpt_int4_is_what_gets_saved(tmp_path):
     ({"prune": "magnitude", "sparsity": "2:4", "schedule": "progressive"}, "N:M"),
     ({"prune": "bogus", "sparsity": "0.5"}, "unknown"),
     ({"prune": "magnitude"}, "--sparsity"),
+    ({"prune": "magnitude", "sparsity": "0.5", "train_file": "/nonexistent/train.txt"}, "not found"),
+    ({"prune": "magnitude", "sparsity": "0.5", "steps": -1}, "steps"),
+    ({"prune": "magnitude", "sparsity": "0.5", "steps": 2, "kd": 2.0}, "kd"),
 ])
 def test_bad_prune_options_are_user_errors(opts, match):
     from sizewise.commands.prune import apply_prune_options
@@ -165,3 +168,12 @@ def test_bad_prune_options_are_user_errors(opts, match):
         apply_prune_options(model, None, opts)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing pruned on bad input
+
+
+def test_int4_group_falls_back_like_the_core():
+    from sizewise.compression.sparse import int4_group_for
+    assert int4_group_for(576, 128) == 64  # SmolLM2 hidden size: 128 does not divide it
+    assert int4_group_for(1536, 128) == 128
+    assert int4_group_for(96, 64) == 32
+    with pytest.raises(ValueError):
+        int4_group_for(100, 64)

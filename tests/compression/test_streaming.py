@@ -1,8 +1,6 @@
 """Streaming compress of a sharded bf16 checkpoint == in-memory compress of the same weights."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM

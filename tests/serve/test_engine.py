@@ -1,5 +1,4 @@
 """The engine loop: continuous batching keeps greedy tokens identical to generate(); blocks come back."""
-import threading
 import time
 
 import pytest

@@ -35,3 +35,26 @@ def test_static_baseline_kv_bytes_are_the_padded_cache():
     # 3 rows x (longest prompt 13 + longest max_tokens 5 - 1 token never fed back) x bytes per token
     assert r["peak_kv_bytes"] == 3 * (13 + 5 - 1) * kv_layout(model).bytes_per_token
     assert r["output_tokens"] == 10
+
+
+def test_soak_with_cancels_and_disconnects_leaks_nothing():
+    """The bench's soak (load generator in its own process): 10 % cancelled, 5 % disconnected mid-stream."""
+    from sizewise.serve.api import create_app
+    from sizewise.serve.bench import soak
+    from sizewise.serve.engine import Engine, EngineConfig
+    from sizewise.serve.server import BackgroundServer
+
+    tok = tiny.byte_tokenizer()
+    model = tiny.tiny_llama(seed=0, vocab=len(tok), dtype=torch.float32, max_position_embeddings=512)
+    eng = Engine(model, tok, EngineConfig(kv_memory_bytes=3000 * kv_layout(model).bytes_per_token, block_size=8))
+    with BackgroundServer(create_app(eng, "tiny")) as srv:
+        r = soak(eng, "tiny", tok, 120, 8, srv.url, max_tokens=6, seed=2)
+    assert r["requests"] == 120 and r["failed"] == 0 and r["completed_ok"] >= 90
+    assert r["cancelled"] + r["disconnected"] >= 5
+    assert r["leaked_blocks"] == 0 and r["blocks_in_use_after"] == 0 and r["engine_idle"]
+    assert r["errored_requests"] == 0 and r["crashed_steps"] == 0
+    assert r["health_status"] == 200 and r["answers_after"]
+    # every request the server saw ended exactly once (a cancelled one may never have reached it), plus the probe
+    seen = sum(r["finished_by_reason"].values())
+    assert r["completed_ok"] + 1 <= seen <= r["requests"] + 1
+    assert r["finished_by_reason"].get("disconnected", 0) <= r["cancelled"] + r["disconnected"]

@@ -106,3 +106,24 @@ def test_int8_packed_linears_from_compression():
         want = torch.stack([model(torch.tensor([p])).logits[0, -1] for p in prompts]).float()
     assert (got - want).abs().max() < 0.05 * want.abs().max()
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.75
+
+
+def test_prefill_and_decode_share_one_forward(llama_case):
+    """Sequences join mid-flight: each forward mixes new prompts (long queries) with decoding ones (one query)."""
+    model, prompts, ref = llama_case
+    n = len(ref[0])
+    pool = KVPool(kv_layout(model), 600, 4)
+    runner = ModelRunner(model, pool)
+    toks, outs, started = {}, {}, []
+    for step in range(len(prompts) + n):
+        batch = [StepInput(i, [toks[i][-1]], len(toks[i]) - 1) for i in started if len(outs[i]) < n]
+        if step < len(prompts):  # one new prompt joins every step
+            toks[step], outs[step] = list(prompts[step]), []
+            batch.insert(step % 2 * len(batch), StepInput(step, list(prompts[step]), 0))  # first or last in the batch
+            started.append(step)
+        if not batch:
+            break
+        for s, t in zip(batch, runner.forward(batch).argmax(-1).tolist()):
+            outs[s.seq_id].append(t)
+            toks[s.seq_id].append(t)
+    assert [outs[i] for i in range(len(prompts))] == ref
