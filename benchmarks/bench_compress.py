@@ -44,9 +44,11 @@ def llamacpp_peer(gguf: Path, eval_ids: list[int], window: int, prefill_n: int, 
                 n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
     pf = median_time(lambda: llm.eval(eval_ids[:prefill_n]), llm.reset)
 
-    def decode():
+    n_vocab = llm.n_vocab()
+
+    def decode():  # greedy on the context's last logits (logits_all=False keeps no score rows)
         for _ in range(steps):
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))))
             llm.eval([tok])
 
     def setup_decode():

@@ -88,3 +88,13 @@ def test_cli_eval_json_keys(tiny_model_dir, tmp_path):
     assert res["quality"]["kld"] == pytest.approx(0.0, abs=1e-7) and res["quality"]["top1"] == 1.0
     assert {"1", "8"} == set(res["speed"]["decode_tok_s"]) and res["speed"]["prefill_tokens"] == 512
     assert res["bytes_on_disk"] == sum(p.stat().st_size for p in tiny_model_dir.glob("*.safetensors"))
+
+
+def test_source_grid_of_the_bundled_gguf_is_q4_1_g32(bundled_path):
+    from sizewise.compression.recipes import RECIPES
+    from sizewise.study import matches_source_grid, source_grid
+
+    grid = source_grid(bundled_path)
+    assert grid["ggml_type"] == "Q4_1" and grid["group"] == 32 and grid["asym"] is True
+    assert matches_source_grid(RECIPES["int4-g32"], grid)
+    assert not matches_source_grid(RECIPES["int4-g64"], grid) and not matches_source_grid(RECIPES["int8-wo"], grid)
