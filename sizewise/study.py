@@ -420,6 +420,8 @@ def markdown(study: dict) -> str:
     for prec, claim in CLAIMED.items():
         r = by.get(pick[prec]) or next((x for x in rows if x["recipe"].startswith(prec)), None)
         if r is None:
+            lines.append(f"| {prec} (not in this run) | {claim['compression']} | - | {claim['speed']} | - | "
+                         f"{claim['quality_loss']} | - |")
             continue
         ra = r.get("ratios", {})
         lines.append(f"| {prec} ({r['recipe']}) | {claim['compression']} | {_fmt(ra.get('compression'), '.2f')}x | "
