@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import functools
-import sys
-from pathlib import Path
 from typing import Callable, Optional
 
 import typer
@@ -167,11 +165,12 @@ def study(
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Evaluation tokens (default 8192; --quick 4096)."),
     keep: bool = typer.Option(False, "--keep", help="Keep every variant's checkpoint under OUT/variants/."),
     json_out: bool = typer.Option(False, "--json", help="Print study.json to stdout."),
+    sparsity: bool = typer.Option(False, "--sparsity", help="Also run the pruning grid (sparsity.json/md/png)."),
 ) -> None:
     """Run a recipe grid: size, compression, speedups, ppl, KLD, top-1 -> study.json, study.md, plots."""
     from sizewise.commands.study import study_command
     study_command(model=model, quick=quick, recipes=recipes, out=out, text=text, tokens=tokens, keep=keep,
-                  json_out=json_out)
+                  json_out=json_out, sparsity=sparsity)
 
 
 # --- prune / share (sparsity) ---

@@ -162,7 +162,7 @@ def source_grid(path: Path) -> dict | None:
 
 
 def matches_source_grid(config, grid: dict | None) -> bool:
-    """An int4 asymmetric recipe on the parent's own group grid re-finds the stored integers."""
+    """An int4 asymmetric recipe on the parent's own group grid (same group size as the GGUF source)."""
     if not grid or grid.get("bits") != 4 or not grid.get("asym"):
         return False
     return getattr(config, "kind", "") == "int4" and getattr(config, "group_size", None) == grid.get("group")
@@ -409,8 +409,10 @@ def markdown(study: dict) -> str:
               "fp32 parent and its reference stay resident throughout, so compare \"weights in RAM\" for the "
               "variant alone. `sizewise eval` reports a model's own peak RSS.", "",
               "★ = on the Pareto front of size vs Δppl. \"(source grid)\" = the recipe's int4 grid is the one the "
-              "parent's weights were already stored on (GGUF Q4_1, group 32, asymmetric): it re-finds the stored "
-              "integers, so its near-zero loss says nothing about int4 on a bf16-trained model.", "",
+              "parent's weights were already stored on (GGUF Q4_1, group 32, asymmetric). Q4_1 keeps a float "
+              "minimum per group while sizewise's int4 stores integer zero points (compressed-tensors layout), "
+              "so the row does not re-find the stored integers exactly; either way it says nothing about int4 "
+              "on a bf16-trained model.", "",
               "## Claimed vs measured", "",
               "The commonly quoted table (no model, machine or method given) beside this run:", "",
               "| precision | claimed compression | measured | claimed speed | measured decode b1 | claimed quality loss | measured Δppl % |",

@@ -9,14 +9,13 @@ evaluation. One model load; weights are restored from a copy between runs.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

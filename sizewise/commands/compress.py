@@ -65,6 +65,9 @@ def compress_command(model: str, recipe: str, out: str, force: bool = False, cal
     prune_opts = {k: v for k, v in (prune_opts or {}).items() if v is not None}
     if prune_opts and not prune_opts.get("prune"):
         raise SizewiseError("--sparsity/--schedule/--steps/--train-file need --prune magnitude|wanda|sparsegpt")
+    if prune_opts:
+        from sizewise.commands.prune import validate_prune_options
+        validate_prune_options(prune_opts)  # bad pruning options fail before the model loads
     is_hf_dir = src.is_dir() and any(src.glob("*.safetensors"))
     if is_hf_dir:  # headers only: a truncated or corrupt shard is one clear line before any loading
         from sizewise.io.safetensors_scan import scan_safetensors

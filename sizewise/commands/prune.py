@@ -112,8 +112,8 @@ def apply_prune_options(model: nn.Module, tokenizer, opts: dict[str, Any]) -> nn
     kd (0..1 distillation weight), calib_samples (16), calib_seq_len (256), seq_len (256 for recovery).
     Records what it did on `model.sizewise_prune` (a JSON-able dict for the manifest's recipe).
     """
-    from sizewise.compression.prune import (METHODS, check_pattern_fits, mask_sparsity, parse_pattern,
-                                            prunable_linears, prune_model)
+    from sizewise.compression.prune import (check_pattern_fits, mask_sparsity, parse_pattern, prunable_linears,
+                                            prune_model)
 
     validate_prune_options(opts)
     method = opts["prune"]

@@ -8,7 +8,7 @@ from sizewise.errors import SizewiseError
 
 def study_command(model: str, quick: bool = False, recipes: str | None = None, out: str | None = None,
                   text: list[str] | None = None, tokens: int | None = None, keep: bool = False,
-                  json_out: bool = False) -> dict:
+                  json_out: bool = False, sparsity: bool = False) -> dict:
     import json
     from dataclasses import replace
 
@@ -42,4 +42,8 @@ def study_command(model: str, quick: bool = False, recipes: str | None = None, o
         from rich.markdown import Markdown
         Console().print(Markdown(markdown(study)))
         Console().print("wrote " + ", ".join(str(p) for p in paths))
+    if sparsity:  # the pruning grid (magnitude / Wanda / SparseGPT, one-shot vs progressive) beside it
+        from sizewise.study_sparsity import StudyConfig, run_study as run_sparsity
+        cfg = StudyConfig.quick(model) if quick else StudyConfig(model=model)
+        study["sparsity"] = run_sparsity(out_dir, cfg, console=None if not json_out else Console(stderr=True))
     return study

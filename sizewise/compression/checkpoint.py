@@ -306,6 +306,8 @@ def build_skeleton(config_dict: dict) -> nn.Module:
 def load_compressed(d: str | Path) -> tuple[nn.Module, Any, dict]:
     """Rebuild a saved model on the same kernels -> (model, tokenizer, manifest)."""
     from sizewise.compression.apply import set_module
+    import sizewise.compression.share  # noqa: F401  (registers the shared-mask scheme)
+    import sizewise.compression.sparse  # noqa: F401  (registers the sparse schemes)
 
     d = Path(d)
     manifest = read_manifest(d)

@@ -5,7 +5,6 @@ import itertools
 
 import pytest
 import torch
-from torch import nn
 
 from sizewise.compression.share import (SharedLinear, apply_sharing, fit_shared, share_bytes, share_groups,
                                         shared_params)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sizewise.compression.prune import mask_from_scores, parse_pattern, prune_model
+from sizewise.compression.prune import mask_from_scores, parse_pattern
 from sizewise.compression.sparse import (SparseLinear, expected_nbytes, pack_bits, packed_nbytes,
                                          unpack_bits)
 
@@ -177,3 +177,32 @@ def test_int4_group_falls_back_like_the_core():
     assert int4_group_for(96, 64) == 32
     with pytest.raises(ValueError):
         int4_group_for(100, 64)
+
+
+def test_fresh_process_reloads_a_pruned_checkpoint(tmp_path):
+    """A new interpreter that imports only the public API must find the sparse schemes itself."""
+    import subprocess
+    import sys
+
+    from sizewise.commands.prune import apply_prune_options
+    from sizewise.compression.checkpoint import save_compressed
+
+    model = _tiny()
+    apply_prune_options(model, None, {"prune": "magnitude", "sparsity": "2:4"})
+    x = torch.arange(16).reshape(1, 16)
+    with torch.no_grad():
+        ref = model(x).logits
+    save_compressed(model, None, tmp_path / "out", {"prune": model.sizewise_prune}, None)
+    from safetensors.torch import save_file
+    save_file({"ref": ref.contiguous()}, str(tmp_path / "ref.safetensors"))
+    code = (
+        "import sys, torch, sizewise\n"
+        "from safetensors.torch import load_file\n"
+        f"m, _, _ = sizewise.load({str(tmp_path / 'out')!r})\n"
+        f"ref = load_file({str(tmp_path / 'ref.safetensors')!r})['ref']\n"
+        "with torch.no_grad():\n"
+        "    got = m(torch.arange(16).reshape(1, 16)).logits\n"
+        "sys.exit(0 if torch.equal(got, ref) else 3)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
