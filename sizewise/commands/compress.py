@@ -44,7 +44,7 @@ def _calibration(tokenizer, cfg, calib_file: str | None, calib_tokens: int | Non
     return torch.tensor(ids[:n * seq], dtype=torch.long).view(n, seq), calib_file
 
 
-def compress_command(model: str, recipe: str, out: str, force: bool = False, calib_file: str | None = None,
+def compress_command(model: str, recipe: str | None, out: str, force: bool = False, calib_file: str | None = None,
                      calib_tokens: int | None = None, stream: bool | None = None, json_out: bool = False,
                      prune_opts: dict[str, Any] | None = None) -> dict:
     from sizewise.compression.checkpoint import check_out_path
@@ -53,6 +53,12 @@ def compress_command(model: str, recipe: str, out: str, force: bool = False, cal
     from sizewise.io.bundled import resolve_path
 
     t0 = time.perf_counter()
+    if recipe is None:
+        if not (prune_opts or {}).get("prune"):
+            from sizewise.compression.recipes import RECIPES
+            raise SizewiseError(f"--recipe is required (one of {', '.join(RECIPES)}, or a .json/.yaml file) "
+                                "unless --prune is given")
+        recipe = "fp16"  # pruning alone: the kept values are stored as fp16
     cfg = get_recipe(recipe)
     src = resolve_path(model)
     if not src.exists():
