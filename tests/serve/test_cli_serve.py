@@ -44,7 +44,7 @@ def test_serve_process_drains_on_sigterm(tmp_path):
 
         def stream():
             with httpx.stream("POST", url + "/v1/completions", timeout=60,
-                              json={"model": "m", "prompt": "hi", "max_tokens": 120, "stream": True, "ignore_eos": True}) as r:
+                              json={"model": "m", "prompt": "hi", "max_tokens": 600, "stream": True, "ignore_eos": True}) as r:
                 lines = [l for l in r.iter_lines() if l.startswith("data: ")]
             got["done"] = lines[-1] == "data: [DONE]"
             got["usage"] = json.loads(lines[-2][6:])["usage"]
@@ -52,7 +52,9 @@ def test_serve_process_drains_on_sigterm(tmp_path):
         t = threading.Thread(target=stream)
         t.start()
         deadline = time.monotonic() + 30
+        # long enough (600 tokens) that SIGTERM lands mid-request even on a fast, quiet machine
         while "sizewise_requests_running 1.0" not in httpx.get(url + "/metrics").text:
+            assert t.is_alive(), "the request finished before SIGTERM could be sent"
             assert time.monotonic() < deadline
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
@@ -63,12 +65,12 @@ def test_serve_process_drains_on_sigterm(tmp_path):
             proc.kill()
     err = proc.stderr.read()
     assert rc == 0, err
-    assert got.get("done") and got["usage"]["completion_tokens"] == 120  # the running request finished
+    assert got.get("done") and got["usage"]["completion_tokens"] == 600  # the running request finished
     start = next(l for l in err.splitlines() if "KV pool" in l)
     blocks = int(start.split("KV pool ")[1].split(" blocks")[0])
     per_token = int(start.split("layout, ")[1].split(" B/token")[0])
     assert blocks == (2 * 2**20) // (8 * per_token) and "MiB" in start and "MB" in start
-    assert "request 1 length prompt=2 completion=120" in err and "stopped" in err
+    assert "request 1 length prompt=2 completion=600" in err and "stopped" in err
 
 
 def test_serve_bad_input_exits_2(tmp_path):
