@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -77,17 +76,8 @@ print(json.dumps({"peak_rss": hwm()}))
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+    from sizewise.evaluate.machine import machine_info
+    return machine_info()
 
 
 def write_checkpoint(d: Path, layers: int, shard_bytes: int = 512 * 2**20) -> tuple[int, int]:

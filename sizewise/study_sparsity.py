@@ -10,7 +10,6 @@ evaluation. One model load; weights are restored from a copy between runs.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -69,17 +68,8 @@ def _forward_ids_hook(model: nn.Module) -> _AccuracyProbe:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_avg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    from sizewise.evaluate.machine import machine_info as base
+    return {**base(), "load_avg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def run_study(out_dir: str | Path, cfg: StudyConfig = StudyConfig(), console=None,
