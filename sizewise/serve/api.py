@@ -168,6 +168,25 @@ def create_app(engine: Engine, model_name: str, *, drain_s: float = 30.0, own_en
             if not finished:  # client disconnected (generator closed or cancelled): free the request's blocks
                 engine.abort(handle.request_id, "disconnected")
 
+    def _envelope(rid: str, obj: str, created: int, choices: list, **extra) -> dict:
+        return {"id": rid, "object": obj, "created": created, "model": model_name, "choices": choices, **extra}
+
+    async def _reply(request: Request, handle, stream: bool, rid: str, created: int, chunk_object: str, chunk,
+                     obj: str, choice):
+        """The tail both endpoints share: an SSE stream ending in a usage chunk, or the collected
+        completion (499 when the client left, 500 when generation failed)."""
+        if stream:
+            def usage(p, c):
+                return _envelope(rid, chunk_object, created, [], usage=_usage(p, c))
+
+            return StreamingResponse(_stream(handle, chunk, usage), media_type="text/event-stream")
+        c = await _collect(request, handle)
+        if c is None:
+            return Response(status_code=499)
+        if c.finish_reason == "error":
+            return error_response(500, "generation failed", code="engine_error", etype="server_error")
+        return _envelope(rid, obj, created, [choice(c)], usage=_usage(c.prompt_tokens, c.completion_tokens))
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         r = await _parse(request, CompletionRequest)
@@ -182,24 +201,13 @@ def create_app(engine: Engine, model_name: str, *, drain_s: float = 30.0, own_en
         params = _params(r, 16, len(ids))
         handle = _submit(ids, params)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if r.stream:
-            def chunk(text, fr):
-                return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-                        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": fr}]}
 
-            def usage(p, c):
-                return {"id": rid, "object": "text_completion", "created": created, "model": model_name, "choices": [],
-                        "usage": _usage(p, c)}
+        def chunk(text, fr):
+            return _envelope(rid, "text_completion", created,
+                             [{"index": 0, "text": text, "logprobs": None, "finish_reason": fr}])
 
-            return StreamingResponse(_stream(handle, chunk, usage), media_type="text/event-stream")
-        c = await _collect(request, handle)
-        if c is None:
-            return Response(status_code=499)
-        if c.finish_reason == "error":
-            return error_response(500, "generation failed", code="engine_error", etype="server_error")
-        return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-                "choices": [{"index": 0, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}],
-                "usage": _usage(c.prompt_tokens, c.completion_tokens)}
+        return await _reply(request, handle, r.stream, rid, created, "text_completion", chunk, "text_completion",
+                            lambda c: {"index": 0, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason})
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -214,31 +222,19 @@ def create_app(engine: Engine, model_name: str, *, drain_s: float = 30.0, own_en
         params = _params(r, 256, len(ids))
         handle = _submit(ids, params)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if r.stream:
-            sent_role = False
+        sent_role = False
 
-            def chunk(text, fr):
-                nonlocal sent_role
-                delta = {"content": text}
-                if not sent_role:
-                    delta["role"], sent_role = "assistant", True
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fr}]}
+        def chunk(text, fr):
+            nonlocal sent_role
+            delta = {"content": text}
+            if not sent_role:
+                delta["role"], sent_role = "assistant", True
+            return _envelope(rid, "chat.completion.chunk", created,
+                             [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fr}])
 
-            def usage(p, c):
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                        "choices": [], "usage": _usage(p, c)}
-
-            return StreamingResponse(_stream(handle, chunk, usage), media_type="text/event-stream")
-        c = await _collect(request, handle)
-        if c is None:
-            return Response(status_code=499)
-        if c.finish_reason == "error":
-            return error_response(500, "generation failed", code="engine_error", etype="server_error")
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-                             "finish_reason": c.finish_reason}],
-                "usage": _usage(c.prompt_tokens, c.completion_tokens)}
+        return await _reply(request, handle, r.stream, rid, created, "chat.completion.chunk", chunk, "chat.completion",
+                            lambda c: {"index": 0, "message": {"role": "assistant", "content": c.text},
+                                       "logprobs": None, "finish_reason": c.finish_reason})
 
     @app.get("/v1/models")
     async def models():
