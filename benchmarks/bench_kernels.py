@@ -10,7 +10,6 @@ Run: .venv/bin/python benchmarks/bench_kernels.py -> benchmarks/results/kernels.
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -82,12 +81,11 @@ def main() -> None:
     result = {"benchmark": "CPU low-bit linear kernels", "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "threads": torch.get_num_threads(),
-              "note": "busy shared 2-core machine while measured: noisy; rerun on a quiet machine", "rows": rows}
+              "load_avg_at_start": os.getloadavg()[0], "rows": rows}
+    from sizewise.io.atomic import atomic_write_json
     out = ROOT / "benchmarks" / "results" / "kernels.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_json(out, result)
     t = Table(title="linear kernels (median; ratio = time / fp32 F.linear; lower is faster)")
     for c in ("shape", "M", "case", "ms", "x fp32 time"):
         t.add_column(c)

@@ -168,11 +168,11 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    from sizewise.io.atomic import atomic_write_text
+
     def write() -> None:  # after every part, so an interrupted run keeps what it measured
         result["seconds"] = time.perf_counter() - t0
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        tmp.replace(out)
+        atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
 
     if "quality" in parts:
         quality_and_table(result, a.model, a.quick)

@@ -180,11 +180,10 @@ def main() -> None:
                    "peak_rss_minus_import_floor_gb": (comp["peak_rss"] - base["peak_rss"]) / 1e9,
                    "output_vs_input_bytes": comp["bytes_on_disk"] / src_bytes},
     }
+    from sizewise.io.atomic import atomic_write_json
     out = ROOT / "benchmarks" / "results" / "streaming.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    atomic_write_json(out, result)
 
     t = Table(title="streaming int4-g128 (busy 2-core machine: noisy)")
     for c in ("run", "seconds", "peak RSS", "note"):
