@@ -170,6 +170,13 @@ def main() -> None:
 
     from sizewise.io.atomic import atomic_write_text
 
+    if out.exists():  # parts not rerun keep their previous numbers, marked as such
+        prev = json.loads(out.read_text())
+        for part in ("speed", "bytes", "quality"):
+            if part not in parts and part in prev:
+                result[part] = prev[part]
+                result.setdefault("carried_over", {})[part] = prev.get("command", "previous run")
+
     def write() -> None:  # after every part, so an interrupted run keeps what it measured
         result["seconds"] = time.perf_counter() - t0
         atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
@@ -210,8 +217,9 @@ def bytes_and_table(result: dict, model: str, quick: bool) -> None:
 
 
 def quality_and_table(result: dict, model: str, quick: bool) -> None:
-    cfg = StudyConfig(model=model, patterns=("0.5",), curve=(0.7,), curve_methods=("wanda",),
-                      progressive_levels=(0.5, 0.6, 0.7), recovery_steps=5)
+    # the whole grid: 0.5 / 2:4 / 4:8 for all three criteria, one-shot 0.6-0.8 for magnitude and
+    # Wanda, progressive Wanda 0.3 -> 0.8 with 32 recovery steps of 256 tokens after each level
+    cfg = StudyConfig(model=model, recovery_steps=32)
     if quick:
         cfg = StudyConfig.quick(model)
     with tempfile.TemporaryDirectory() as d:

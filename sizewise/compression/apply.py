@@ -79,7 +79,9 @@ def compress(model: nn.Module, config: BaseConfig, calib_tokens: torch.Tensor | 
             _torch_dynamic(model, config, rec)
         elif isinstance(config, (Int8WeightOnlyConfig, Int8DynamicConfig)):
             cls = P.Int8DynamicLinear if isinstance(config, Int8DynamicConfig) else P.Int8WeightOnlyLinear
-            for name, lin in target_linears(model, config):
+            if isinstance(config, Int8DynamicConfig) and config.smoothquant is not None:
+                _int8_smoothquant(model, config, calib_tokens, rec, progress)
+            for name, lin in target_linears(model, config):  # what is left (all of it without SmoothQuant)
                 new = cls.from_float(lin)
                 set_module(model, name, new)
                 _record(rec, name, new)
@@ -96,6 +98,12 @@ def compress(model: nn.Module, config: BaseConfig, calib_tokens: torch.Tensor | 
     rec.seconds = time.perf_counter() - t0
     model.sizewise_compression = rec
     return model
+
+
+def smooth_summary(sq) -> dict:
+    """What the manifest says about a SmoothQuant pass."""
+    return {"method": "smoothquant", "alpha": sq.alpha, "smoothed_groups": len(sq.smoothed),
+            "skipped": sq.skipped}
 
 
 def cast_floats(model: nn.Module, dtype: torch.dtype) -> None:
@@ -143,6 +151,26 @@ def _int4_gptq(model, config: Int4WeightOnlyConfig, calib: torch.Tensor, rec: Co
         _int4_replace(model, name, lin, config, rec, None)
     if rec.calibration is not None:
         rec.calibration.update(method="gptq", act_order=config.act_order, damp=config.damp)
+
+
+def _int8_smoothquant(model, config: Int8DynamicConfig, calib: torch.Tensor, rec: CompressionRecord,
+                      progress) -> None:
+    """SmoothQuant then W8A8, decoder layer by decoder layer: each layer is smoothed on its own inputs
+    (the outputs of the already quantized layers before it), as the streaming path does."""
+    from sizewise.compression.smooth import SmoothRecord, smooth_layer
+
+    targets = dict(target_linears(model, config))
+    sq = SmoothRecord(config.smoothquant)
+
+    def quantize_layer(lname: str, layer: nn.Module, accs: dict[str, G.HessianAccumulator]) -> None:
+        smooth_layer(layer, {k[len(lname) + 1:]: a.absmax for k, a in accs.items()}, sq.alpha, lname, sq)
+        for name in accs:
+            new = P.Int8DynamicLinear.from_float(targets.pop(name))
+            set_module(model, name, new)
+            _record(rec, name, new)
+
+    G.run_sequential(model, calib, lambda n: n in targets, quantize_layer, progress, hessian=False)
+    rec.calibration = {**(rec.calibration or {}), **smooth_summary(sq)}
 
 
 def _int8_static(model, config: Int8StaticConfig, calib: torch.Tensor, rec: CompressionRecord) -> None:

@@ -1,4 +1,4 @@
-"""GPTQ (Frantar et al. 2022) for int4 group-wise weights, readable top to bottom.
+"""GPTQ (Frantar et al. 2022) for int4 group-wise and int8 per-channel weights, readable top to bottom.
 
 1. Hessian: H = 2/n * sum(x x^T) over the calibration inputs of each Linear (forward hooks).
 2. Damping: H += damp * mean(diag H) * I; dead inputs (diag 0) get H_ii = 1 and zero weights.
@@ -26,15 +26,21 @@ from sizewise.compression import quant as Q
 
 
 class HessianAccumulator:
-    """Running H = 2/n * sum x x^T, fed by a forward hook on one Linear."""
+    """Running H = 2/n * sum x x^T (and the per-channel max |x|, for SmoothQuant), fed by a forward
+    hook on one Linear. hessian=False keeps only the max (no K x K work)."""
 
-    def __init__(self, k: int) -> None:
-        self.H = torch.zeros(k, k, dtype=torch.float32)
+    def __init__(self, k: int, hessian: bool = True) -> None:
+        self.H = torch.zeros(k, k, dtype=torch.float32) if hessian else None
+        self.absmax = torch.zeros(k, dtype=torch.float32)
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
+        torch.maximum(self.absmax, x.abs().amax(0), out=self.absmax)
         m = x.shape[0]
+        if self.H is None:
+            self.n += m
+            return
         self.H *= self.n / (self.n + m)
         self.n += m
         x = math.sqrt(2.0 / self.n) * x
@@ -44,57 +50,89 @@ class HessianAccumulator:
         self.add(inputs[0].detach())
 
 
-def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, group_size: int, act_order: bool = False,
-                         damp: float = 0.01, block_size: int = 128
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """w [N, K], H [K, K] -> (q int32 [N, K] in [0,15], scale [N, K/g], zp int32 [N, K/g]): RTN's layout."""
+def _prepare(w: torch.Tensor, H: torch.Tensor, act_order: bool, damp: float
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dead inputs zeroed, optional act-order permutation, damping -> (W permuted, upper Cholesky of H^-1, perm)."""
     W = w.detach().float().clone()
-    n, k = W.shape
-    if k % group_size:
-        raise ValueError(f"group size {group_size} does not divide input dim {k}")
+    k = W.shape[1]
     H = H.clone().float()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-
-    G = k // group_size
-    scale = torch.zeros(n, G, dtype=Q.SCALE_DTYPE)
-    zp = torch.zeros(n, G, dtype=torch.int32)
-    if act_order:
-        scale, zp = Q.group_qparams_int4(W, group_size)  # static groups from the original weights
-        perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
-    else:
-        perm = torch.arange(k)
-    invperm = torch.argsort(perm)
-
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k)
+    W, H = W[:, perm], H[perm][:, perm]
     H += damp * torch.mean(torch.diag(H)) * torch.eye(k)
     L = torch.linalg.cholesky(H)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    return W, torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True), perm
 
-    # blocks hold whole groups, so a group starting inside a block sees the block's updated columns
-    block = max(group_size, (block_size // group_size) * group_size)
-    Qint = torch.zeros(n, k, dtype=torch.int32)
+
+def _gptq_columns(W: torch.Tensor, Hinv: torch.Tensor, block: int,
+                  quantize_column: Callable[[int, int, torch.Tensor], torch.Tensor]) -> None:
+    """The GPTQ sweep: columns left to right; quantize_column(col, i, W1) rounds column i of the current
+    block W1 (already updated by earlier errors) and returns its dequantized value; the rounding error is
+    spread over the not-yet-quantized columns, lazily between blocks."""
+    k = W.shape[1]
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         W1 = W[:, i1:i2].clone()
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = i1 + i
-            g = int(perm[col]) // group_size
-            if not act_order and col % group_size == 0:
-                s, z = Q.group_qparams_int4(W1[:, i:i + group_size], group_size)
-                scale[:, g], zp[:, g] = s[:, 0], z[:, 0]
-            wcol = W1[:, i]
-            s, z = scale[:, g].float(), zp[:, g].float()
-            qcol = (torch.round(wcol / s) + z).clamp(0, 15)
-            Qint[:, col] = qcol.to(torch.int32)
-            err = (wcol - (qcol - z) * s) / Hinv1[i, i]
+            wcol = W1[:, i].clone()
+            err = (wcol - quantize_column(i1 + i, i, W1)) / Hinv1[i, i]
             W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return Qint[:, invperm].contiguous(), scale, zp
+
+
+def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, group_size: int, act_order: bool = False,
+                         damp: float = 0.01, block_size: int = 128
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w [N, K], H [K, K] -> (q int32 [N, K] in [0,15], scale [N, K/g], zp int32 [N, K/g]): RTN's layout."""
+    n, k = w.shape
+    if k % group_size:
+        raise ValueError(f"group size {group_size} does not divide input dim {k}")
+    G = k // group_size
+    scale = torch.zeros(n, G, dtype=Q.SCALE_DTYPE)
+    zp = torch.zeros(n, G, dtype=torch.int32)
+    if act_order:  # static groups from the original weights, so groups stay contiguous in storage
+        w0 = w.detach().float().clone()
+        w0[:, torch.diag(H) == 0] = 0.0
+        scale, zp = Q.group_qparams_int4(w0, group_size)
+    W, Hinv, perm = _prepare(w, H, act_order, damp)
+    Qint = torch.zeros(n, k, dtype=torch.int32)
+
+    def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
+        g = int(perm[col]) // group_size
+        if not act_order and col % group_size == 0:  # group params from the *updated* weights
+            s, z = Q.group_qparams_int4(W1[:, i:i + group_size], group_size)
+            scale[:, g], zp[:, g] = s[:, 0], z[:, 0]
+        s, z = scale[:, g].float(), zp[:, g].float()
+        qcol = (torch.round(W1[:, i] / s) + z).clamp(0, 15)
+        Qint[:, col] = qcol.to(torch.int32)
+        return (qcol - z) * s
+
+    # blocks hold whole groups, so a group starting inside a block sees the block's updated columns
+    _gptq_columns(W, Hinv, max(group_size, (block_size // group_size) * group_size), column)
+    return Qint[:, torch.argsort(perm)].contiguous(), scale, zp
+
+
+def gptq_quantize_int8(w: torch.Tensor, H: torch.Tensor, act_order: bool = False, damp: float = 0.01,
+                       block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (q int8 [N, K], scale [N]): RTN's per-channel symmetric layout, GPTQ rounding.
+    The scale is fixed up front (absmax / 127 of the original row), so no column ever clips."""
+    _, scale = Q.quantize_per_channel_int8(w)
+    W, Hinv, perm = _prepare(w, H, act_order, damp)
+    s = scale.float()
+    Qint = torch.zeros(W.shape, dtype=torch.int8)
+
+    def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
+        qcol = torch.round(W1[:, i] / s).clamp(-127, 127)
+        Qint[:, col] = qcol.to(torch.int8)
+        return qcol * s
+
+    _gptq_columns(W, Hinv, block_size, column)
+    return Qint[:, torch.argsort(perm)].contiguous(), scale
 
 
 # --- sequential pipeline over decoder layers ---
@@ -149,7 +187,7 @@ def run_sequential(model: nn.Module, calib: torch.Tensor, is_target: Callable[[s
                    quantize_layer: Callable[[str, nn.Module, dict[str, HessianAccumulator]], None],
                    progress: Callable[[int, int], None] | None = None,
                    before_layer: Callable[[int, nn.Module], None] | None = None,
-                   after_layer: Callable[[int, nn.Module], None] | None = None) -> None:
+                   after_layer: Callable[[int, nn.Module], None] | None = None, hessian: bool = True) -> None:
     """For each decoder layer: hook its target Linears, run the calibration inputs through it to fill
     their Hessians, let `quantize_layer` replace them, then re-run the layer (now quantized) to make
     the next layer's inputs. `before_layer`/`after_layer` let the streaming path read a layer's
@@ -166,7 +204,7 @@ def run_sequential(model: nn.Module, calib: torch.Tensor, is_target: Callable[[s
         for name, mod in layer.named_modules():
             full = f"{lname}.{name}"
             if isinstance(mod, nn.Linear) and is_target(full):
-                accs[full] = HessianAccumulator(mod.in_features)
+                accs[full] = HessianAccumulator(mod.in_features, hessian)
                 hooks.append(mod.register_forward_hook(accs[full].hook))
         for args, kwargs in inputs:
             layer(*args, **kwargs)

@@ -51,7 +51,16 @@ class Int8WeightOnlyConfig(BaseConfig):
 
 @dataclass(frozen=True)
 class Int8DynamicConfig(BaseConfig):
+    """W8A8, activations quantized per token at run time. `smoothquant` = alpha: migrate activation
+    outliers into the weights first (SmoothQuant, calibrated); None = plain per-token W8A8."""
+    smoothquant: float | None = 0.5
+    calib_samples: int = 16
+    calib_seq_len: int = 256
     kind: str = field(default="int8-dyn", init=False)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.smoothquant is not None
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ RECIPES: dict[str, BaseConfig] = {
     "torch-dynamic": TorchDynamicConfig(),
     "int8-wo": Int8WeightOnlyConfig(),
     "int8-dyn": Int8DynamicConfig(),
+    "int8-dyn-nosq": Int8DynamicConfig(smoothquant=None),
     "int8-static": Int8StaticConfig(),
     "int4-g32": Int4WeightOnlyConfig(group_size=32),
     "int4-g64": Int4WeightOnlyConfig(group_size=64),
@@ -176,6 +186,8 @@ def validate(cfg: BaseConfig, where: str = "recipe") -> None:
             raise SizewiseError(f"{where}: bad pattern {pat!r}: {e}")
     if isinstance(cfg, DtypeConfig) and cfg.dtype not in ("fp32", "fp16", "bf16"):
         raise SizewiseError(f"{where}: dtype must be fp32, fp16 or bf16, got {cfg.dtype!r}")
+    if isinstance(cfg, Int8DynamicConfig) and cfg.smoothquant is not None and not 0.0 <= cfg.smoothquant <= 1.0:
+        raise SizewiseError(f"{where}: smoothquant (alpha) must be in [0, 1] or null, got {cfg.smoothquant}")
     if isinstance(cfg, Int8StaticConfig) and cfg.strategy not in ("tensor", "channel"):
         raise SizewiseError(f"{where}: strategy must be 'tensor' or 'channel', got {cfg.strategy!r}")
     if isinstance(cfg, Int4WeightOnlyConfig):

@@ -1,8 +1,10 @@
 """Packed sparse Linear: pruned weights stored so the bytes on disk really shrink.
 
 Two layouts, each with fp16, int8 or int4 values:
-- N:M ('nm'): per row, the kept values in column order [out, in*N/M] plus each kept value's
-  position inside its group of M, ceil(log2 M) bits each, bit-packed (2 bits for 2:4).
+- N:M ('nm'): per row, the kept values in column order [out, in*N/M] plus, per group of M, the
+  rank of its kept-position set among the C(M, N) possible ones (combinatorial number system),
+  ceil(log2 C(M, N)) bits, bit-packed: 3 bits per 2:4 group (0.75 bit/weight, where 2-bit
+  positions per kept value would take 1), 7 bits per 4:8 group (0.875 where 3-bit positions take 1.5).
 - unstructured ('bitmask'): one bit per weight (row-major, bit-packed) plus the kept values in
   row-major order, like compressed-tensors' bitmask compressor.
 Value formats: fp16; int8 symmetric per output channel (bf16 scale); int4 asymmetric per group of
@@ -34,15 +36,16 @@ VALUE_FORMATS = ("fp16", "int8", "int4")
 
 def pack_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Non-negative ints < 2**bits -> uint8 stream, least significant bit first."""
-    flat = x.reshape(-1).to(torch.uint8)
-    if 8 % bits == 0:  # 1, 2, 4 bits: whole values per byte, no bit expansion
+    if 8 % bits == 0:
+        flat = x.reshape(-1).to(torch.uint8)  # 1, 2, 4 bits: whole values per byte, no bit expansion
         per = 8 // bits
         pad = (-flat.numel()) % per
         if pad:
             flat = torch.cat([flat, flat.new_zeros(pad)])
         shifts = (torch.arange(per, dtype=torch.uint8) * bits)
         return (flat.reshape(-1, per) << shifts).sum(1, dtype=torch.uint8)
-    b = ((flat[:, None] >> torch.arange(bits, dtype=torch.uint8)) & 1).reshape(-1)
+    wide = x.reshape(-1).to(torch.int64)  # any width up to 62 bits (N:M pattern ranks)
+    b = ((wide[:, None] >> torch.arange(bits)) & 1).to(torch.uint8).reshape(-1)
     pad = (-b.numel()) % 8
     if pad:
         b = torch.cat([b, b.new_zeros(pad)])
@@ -58,8 +61,8 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
         vals = (p[:, None] >> shifts) & ((1 << bits) - 1)
         return vals.reshape(-1)[:count].to(torch.int64)
     b = ((p[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)
-    b = b[:count * bits].reshape(count, bits)
-    return (b << torch.arange(bits, dtype=torch.uint8)).sum(1, dtype=torch.uint8).to(torch.int64)
+    b = b[:count * bits].reshape(count, bits).to(torch.int64)
+    return (b << torch.arange(bits)).sum(1)
 
 
 def int4_group_for(in_features: int, requested: int, fallbacks: tuple[int, ...] = (64, 32)) -> int:
@@ -71,8 +74,34 @@ def int4_group_for(in_features: int, requested: int, fallbacks: tuple[int, ...] 
     raise ValueError(f"no int4 group size in {(requested, *fallbacks)} divides {in_features}")
 
 
-def index_bits(m: int) -> int:
-    return max(1, math.ceil(math.log2(m)))
+def pattern_bits(n: int, m: int) -> int:
+    """Bits per group of M to name which N positions are kept."""
+    return max(1, math.ceil(math.log2(math.comb(m, n))))
+
+
+def _comb_table(m: int, n: int) -> torch.Tensor:
+    """[m, n+1] int64 table of C(p, k) (0 when p < k)."""
+    return torch.tensor([[math.comb(p, k) for k in range(n + 1)] for p in range(m)], dtype=torch.int64)
+
+
+def nm_rank(pos: torch.Tensor, m: int) -> torch.Tensor:
+    """Ascending kept positions [..., n] -> colex rank sum_i C(p_i, i+1) in [0, C(m, n))."""
+    n = pos.shape[-1]
+    table = _comb_table(m, n)
+    return sum(table[pos[..., i], i + 1] for i in range(n))
+
+
+def nm_unrank(rank: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Inverse of nm_rank: greedy from the largest position, [...] -> [..., n] ascending."""
+    table = _comb_table(m, n)
+    r = rank.clone()
+    out = torch.empty(*rank.shape, n, dtype=torch.int64)
+    for i in range(n - 1, -1, -1):
+        col = table[:, i + 1].contiguous()  # non-decreasing in p
+        p = torch.searchsorted(col, r, right=True) - 1  # largest p with C(p, i+1) <= r
+        out[..., i] = p
+        r = r - col[p]
+    return out
 
 
 # ---------------------------------------------------------------- mask <-> layout
@@ -238,7 +267,7 @@ class SparseLinear(PackedLinear):
         out: dict[str, torch.Tensor] = {}
         if self.layout == "nm":
             pos = nm_positions(self.mask, self.n, self.m)
-            out["indices"] = pack_bits(pos, index_bits(self.m))
+            out["pattern"] = pack_bits(nm_rank(pos, self.m), pattern_bits(self.n, self.m))
         else:
             out["bitmask"] = pack_bits(self.mask, 1)
         if self.values_format == "int4":
@@ -255,7 +284,8 @@ class SparseLinear(PackedLinear):
         meta = {**super().packed_meta(), "layout": self.layout, "values_format": self.values_format,
                 "nnz": int(self.mask.sum())}
         if self.layout == "nm":
-            meta.update(n=self.n, m=self.m, index_bits=index_bits(self.m))
+            meta.update(n=self.n, m=self.m, pattern_bits=pattern_bits(self.n, self.m),
+                        pattern_encoding="colex rank of the kept-position set per group of m")
         if self.values_format == "int4":
             meta["group_size"] = self.group_size
         return meta
@@ -267,8 +297,10 @@ class SparseLinear(PackedLinear):
         n, m = int(meta.get("n", 0)), int(meta.get("m", 0))
         g = int(meta.get("group_size", 128))
         if layout == "nm":
-            count = rows * (cols // m) * n
-            pos = unpack_bits(tensors["indices"], index_bits(m), count).reshape(rows, cols // m, n)
+            ranks = unpack_bits(tensors["pattern"], pattern_bits(n, m), rows * (cols // m))
+            if int(ranks.max()) >= math.comb(m, n):
+                raise ValueError(f"corrupt {n}:{m} pattern data: rank >= C({m}, {n})")
+            pos = nm_unrank(ranks.reshape(rows, cols // m), n, m)
             mask = nm_mask_from_positions(pos, rows, cols, m)
         else:
             mask = unpack_bits(tensors["bitmask"], 1, rows * cols).reshape(rows, cols).to(torch.bool)
@@ -295,7 +327,7 @@ def packed_nbytes(module: PackedLinear) -> int:
 def expected_nbytes(rows: int, cols: int, nnz: int, layout: str, values_format: str,
                     n: int = 0, m: int = 0, group_size: int = 128) -> int:
     """The storage formula, written independently of the packing code (tests compare the two)."""
-    idx = math.ceil(nnz * index_bits(m) / 8) if layout == "nm" else math.ceil(rows * cols / 8)
+    idx = math.ceil(rows * (cols // m) * pattern_bits(n, m) / 8) if layout == "nm" else math.ceil(rows * cols / 8)
     if values_format == "fp16":
         vals = 2 * nnz
     elif values_format == "int8":

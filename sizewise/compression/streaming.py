@@ -6,8 +6,9 @@ touched mmap pages would count toward RSS until the file is closed), quantize it
 (bf16 -> fp32 only for a chunk, never the whole model), and flush output shards of bounded size.
 The result is byte-for-byte what in-memory `compress` + `save_compressed` writes for the same weights
 (tested), with the same manifest. GPTQ reads one decoder layer at a time and carries the calibration
-activations forward (`gptq_checkpoint_streaming`). int8-static calibrates all layers at once on the
-float model and is refused here: use the in-memory path.
+activations forward (`sequential_checkpoint_streaming`); so does int8-dyn with SmoothQuant, which
+smooths each layer on its own calibration inputs before quantizing it. int8-static calibrates all
+layers at once on the float model and is refused here: use the in-memory path.
 """
 from __future__ import annotations
 
@@ -175,8 +176,8 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
     from sizewise.compression.apply import target_linears
 
     t0 = time.perf_counter()
-    if isinstance(config, Int4WeightOnlyConfig) and config.method == "gptq":
-        return gptq_checkpoint_streaming(src_dir, out_dir, config, calib_tokens, force, shard_bytes, progress)
+    if isinstance(config, (Int4WeightOnlyConfig, Int8DynamicConfig)) and config.needs_calibration:
+        return sequential_checkpoint_streaming(src_dir, out_dir, config, calib_tokens, force, shard_bytes, progress)
     if not streamable(config):
         raise SizewiseError(f"recipe {recipe_name(config) or config.kind} calibrates on activations and cannot be "
                             "streamed: compress it in memory (drop --stream)")
@@ -253,21 +254,26 @@ def _add_module_tensors(w: "_ShardWriter", rec: dict, prefix: str, module: torch
         rec["tensors"][f"{prefix}.{key}"] = {"scheme": dtype_name(t.dtype), "shape": list(t.shape)}
 
 
-def gptq_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, config: Int4WeightOnlyConfig,
-                              calib_tokens: torch.Tensor | None, force: bool = False,
-                              shard_bytes: int = STREAM_SHARD_BYTES,
-                              progress: Callable[[int, int], None] | None = None) -> dict:
-    """GPTQ one decoder layer at a time (llm-compressor's sequential pipeline, from disk): only the
-    embeddings, the final norm/head, one decoder layer and the calibration activations are in memory.
-    Each layer's weights are read, calibrated on the previous (already quantized) layers' outputs,
-    quantized, run again to produce the next layer's inputs, written, and dropped back to `meta`."""
+def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
+                                    config: Int4WeightOnlyConfig | Int8DynamicConfig,
+                                    calib_tokens: torch.Tensor | None, force: bool = False,
+                                    shard_bytes: int = STREAM_SHARD_BYTES,
+                                    progress: Callable[[int, int], None] | None = None) -> dict:
+    """GPTQ, or SmoothQuant + int8-dyn, one decoder layer at a time (llm-compressor's sequential
+    pipeline, from disk): only the embeddings, the final norm/head, one decoder layer and the
+    calibration activations are in memory. Each layer's weights are read, calibrated on the previous
+    (already quantized) layers' outputs, quantized, run again to produce the next layer's inputs,
+    written, and dropped back to `meta`."""
     from sizewise.compression import gptq as G
-    from sizewise.compression.apply import CompressionRecord, _int4_replace, target_linears
+    from sizewise.compression.apply import (CompressionRecord, _int4_replace, _record, set_module, smooth_summary,
+                                            target_linears)
+    from sizewise.compression.smooth import SmoothRecord, smooth_layer
     from sizewise.io.atomic import atomic_dir
 
     t0 = time.perf_counter()
     if calib_tokens is None:
-        raise SizewiseError("GPTQ needs calibration tokens: pass --calib-file/--calib-tokens or use an RTN recipe")
+        raise SizewiseError(f"{recipe_name(config) or config.kind} needs calibration tokens: pass --calib-file/--calib-tokens "
+                            "or use an RTN recipe")
     src, cfg, scan, model = _prepare(src_dir, out_dir, config)
     headers = {h.name: h for h in scan.tensors}
     all_linears = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
@@ -281,10 +287,22 @@ def gptq_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, config: 
         model.tie_weights()
     model.eval()
     crec = CompressionRecord(recipe=config.to_dict(), recipe_name=recipe_name(config))
+    gptq = isinstance(config, Int4WeightOnlyConfig)
+    calibration = {"sequences": int(calib_tokens.shape[0]), "seq_len": int(calib_tokens.shape[1]),
+                   "tokens": int(calib_tokens.numel())}
+    if gptq:
+        calibration.update(method="gptq", act_order=config.act_order, damp=config.damp)
     rec: dict = {"modules": {}, "tensors": {}, "fallbacks": crec.fallbacks, "kept": crec.kept,
-                 "calibration": {"sequences": int(calib_tokens.shape[0]), "seq_len": int(calib_tokens.shape[1]),
-                                 "tokens": int(calib_tokens.numel()), "method": "gptq",
-                                 "act_order": config.act_order, "damp": config.damp}}
+                 "calibration": calibration}
+    sq = None if gptq else SmoothRecord(config.smoothquant)
+
+    def replace(name: str, lin: torch.nn.Linear, acc) -> None:
+        if gptq:
+            _int4_replace(model, name, lin, config, crec, None if acc is None else acc.H)
+        else:
+            new = P.Int8DynamicLinear.from_float(lin)
+            set_module(model, name, new)
+            _record(crec, name, new)
 
     def load_layer(li: int, layer: torch.nn.Module) -> None:
         p = f"{lprefix}.{li}."
@@ -297,18 +315,22 @@ def gptq_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, config: 
         w = _ShardWriter(tmp, shard_bytes)
 
         def quantize_layer(lname: str, layer: torch.nn.Module, accs: dict) -> None:
+            if sq is not None:
+                smooth_layer(layer, {k[len(lname) + 1:]: a.absmax for k, a in accs.items()}, sq.alpha, lname, sq)
             for name, acc in accs.items():
-                _int4_replace(model, name, targets.pop(name), config, crec, acc.H)
+                replace(name, targets.pop(name), acc)
 
         def done_layer(li: int, layer: torch.nn.Module) -> None:
             _add_module_tensors(w, rec, f"{lprefix}.{li}", layer)
             layers[li] = layer.to("meta")  # drop the weights: the next layer is read from disk
 
         G.run_sequential(model, calib_tokens, lambda n: n in targets, quantize_layer, progress,
-                         before_layer=load_layer, after_layer=done_layer)
+                         before_layer=load_layer, after_layer=done_layer, hessian=gptq)
         for name, lin in list(targets.items()):  # targeted Linears outside decoder layers: RTN, as in memory
             if not name.startswith(lprefix + "."):
-                _int4_replace(model, name, lin, config, crec, None)
+                replace(name, lin, None)
+        if sq is not None:
+            rec["calibration"].update(smooth_summary(sq))
         seen: set[int] = set()
         for key, t in model.state_dict().items():
             if key.startswith(lprefix + "."):

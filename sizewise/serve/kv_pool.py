@@ -3,7 +3,11 @@
 The pool knows tensor shapes, not models: a `KVLayout` says how many values one token
 stores per layer (GQA: keys and values per KV head; MLA: one compressed latent), and
 the pool hands out blocks of `block_size` token slots. A token's *slot* is
-`block * block_size + offset`; the runner reads and writes the layer tensors by slot.
+`block * block_size + offset`; the runner writes the layer tensors by slot and reads them a whole
+block at a time. GQA tensors are head-major, [kv_heads, slots, head_dim], so the keys of one head
+and one block are one contiguous run: a gather by block copies runs of block_size * head_dim
+values and lands directly in the [kv_heads * batch, context, head_dim] shape the attention
+matmuls take (no per-token gather, no transposed copy).
 
 Fragmentation (internal) = allocated-but-unused slots in partially filled last blocks
 divided by all allocated slots. Blocks are only ever partially filled at a sequence's end,
@@ -67,7 +71,7 @@ class KVPool:
         n_slots = num_blocks * block_size if allocate else 0
         L = layout.num_layers
         if layout.kind == "gqa":
-            shape = (n_slots, layout.num_kv_heads, layout.head_dim)
+            shape = (layout.num_kv_heads, n_slots, layout.head_dim)  # head-major, see the module doc
             self.k = [torch.zeros(shape, dtype=layout.dtype) for _ in range(L)]
             self.v = [torch.zeros(shape, dtype=layout.dtype) for _ in range(L)]
             self.latent: list[torch.Tensor] = []
@@ -149,6 +153,16 @@ class KVPool:
         """Flat slot indices for token positions [start, end) of a sequence."""
         table, bs = self.tables[seq_id], self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def block_tensor(self, seq_ids: list[int], lengths: list[int]) -> torch.Tensor:
+        """[B, nb] block ids covering positions 0..length-1 of each sequence, nb = the most any needs
+        (shorter tables are padded with block 0: the attention mask hides those positions)."""
+        nb = max(self.blocks_needed(n) for n in lengths)
+        out = torch.zeros((len(seq_ids), nb), dtype=torch.long)
+        for b, (sid, n) in enumerate(zip(seq_ids, lengths)):
+            k = self.blocks_needed(n)
+            out[b, :k] = torch.tensor(self.tables[sid][:k], dtype=torch.long)
+        return out
 
     def slot_tensor(self, seq_ids: list[int], lengths: list[int], width: int) -> torch.Tensor:
         """[B, width] slots of positions 0..width-1 per sequence (positions past its length point at slot 0; mask them)."""

@@ -6,7 +6,8 @@ core is ours, because it reads and writes the paged pool instead of a contiguous
 
 One code path serves prefill, recompute and decode: each sequence feeds its not-yet-cached
 tokens (`tokens[cached:]`), their K/V (or MLA latent) are written to the sequence's slots,
-then every query attends over the gathered slots 0..cached+n-1 with a causal mask.
+then every query attends over its context gathered block by block (positions past
+cached+n-1 and later-in-prompt positions are masked).
 MLA caches the compressed latent (kv_lora_rank normed values + the rotated rope key) per
 token and expands it with kv_b_proj at attention time (un-absorbed: simple and exact).
 """
@@ -135,43 +136,53 @@ class ModelRunner:
         h = self.dec.norm(h)
         return self.model.lm_head(h).float()
 
-    def _attend(self, q, k, v, mask, scale) -> torch.Tensor:
-        """q [B,H,Lq,D], k [B,Hk,Lk,D], v [B,Hk,Lk,Dv] -> [B, Lq, H*Dv].
+    @staticmethod
+    def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+        """q [b, Lq, H, D]; K [Hk, b, Lk, D], V [Hk, b, Lk, Dv] (the pool's head-major gather);
+        mask [b, Lq, Lk] -> [b, Lq, H*Dv].
 
-        Grouped: the rep = H/Hk query heads sharing a KV head are stacked along the query axis, so K/V are
-        never repeated (repeating them was most of a decode step's time). Softmax runs in fp32."""
-        B, H, Lq, D = q.shape
-        Hk, Lk = k.shape[1], k.shape[2]
+        The rep = H/Hk query heads sharing a KV head are stacked along the query axis (head h = kv*rep + r,
+        as in transformers' repeat_kv), so K/V are never repeated or copied; softmax runs in at least fp32."""
+        b, Lq, H, D = q.shape
+        Hk, Lk = K.shape[0], K.shape[2]
         rep = H // Hk
-        qg = q.reshape(B, Hk, rep * Lq, D)  # head h = kv * rep + r, as in transformers' repeat_kv
-        acc = torch.promote_types(q.dtype, torch.float32)  # at least fp32 for the softmax (fp64 stays fp64)
-        s = torch.matmul(qg, k.transpose(-1, -2)).to(acc) * scale  # [B, Hk, rep*Lq, Lk]
-        m = mask.expand(B, 1, Lq, Lk) if rep == 1 else mask.unsqueeze(2).expand(B, 1, rep, Lq, Lk).reshape(B, 1, rep * Lq, Lk)
-        s = s.masked_fill(~m, float("-inf"))
-        p = torch.softmax(s, dim=-1).to(v.dtype)
-        o = torch.matmul(p, v).view(B, Hk, rep, Lq, -1).reshape(B, H, Lq, -1)
-        return o.transpose(1, 2).reshape(B, Lq, -1)
+        qg = q.view(b, Lq, Hk, rep, D).permute(2, 0, 3, 1, 4).reshape(Hk * b, rep * Lq, D)
+        acc = torch.promote_types(q.dtype, torch.float32)
+        s = torch.bmm(qg, K.reshape(Hk * b, Lk, D).transpose(1, 2)).to(acc).mul_(scale)  # [Hk*b, rep*Lq, Lk]
+        s = s.view(Hk, b, rep, Lq, Lk).masked_fill_(~mask[None, :, None], float("-inf"))
+        p = torch.softmax(s, dim=-1).to(V.dtype).view(Hk * b, rep * Lq, Lk)
+        o = torch.bmm(p, V.reshape(Hk * b, Lk, -1))  # [Hk*b, rep*Lq, Dv]
+        return o.view(Hk, b, rep, Lq, -1).permute(1, 3, 0, 2, 4).reshape(b, Lq, -1)
 
     def _group(self, batch, rows, n_new, ctx, offsets) -> "_Group":
         n = [n_new[b] for b in rows]
         c = [ctx[b] for b in rows]
-        Lq, Lk = max(n), max(c)
+        Lq = max(n)
+        blocks = self.pool.block_tensor([batch[b].seq_id for b in rows], c)
+        Lk = blocks.shape[1] * self.pool.block_size
         valid = torch.arange(Lq)[None, :] < torch.tensor(n)[:, None]  # [b, Lq]
         pos = torch.tensor([batch[b].start for b in rows])[:, None] + torch.arange(Lq)[None, :]
         limit = torch.minimum(pos, torch.tensor(c)[:, None] - 1)  # query i sees key j iff j <= its position, j < ctx
-        mask = (torch.arange(Lk)[None, None, :] <= limit[:, :, None])[:, None]  # [b, 1, Lq, Lk]
+        mask = torch.arange(Lk)[None, None, :] <= limit[:, :, None]  # [b, Lq, Lk]
         tok = torch.cat([torch.arange(offsets[b], offsets[b] + n_new[b]) for b in rows])
-        read = self.pool.slot_tensor([batch[b].seq_id for b in rows], c, Lk)
-        return _Group(tok, valid, read, mask)
+        dense = bool(valid.all())  # every row full (all decode rows, or equal prompts): no scatter needed
+        return _Group(tok, valid, blocks, mask, dense)
 
     def _attend_packed(self, q: torch.Tensor, kv_for, g: "_Grid", scale: float) -> torch.Tensor:
         """q packed [T, H, D] -> attention output packed [T, H*Dv], one padded group at a time."""
         out = None
         for grp in g.groups:
-            qg = q.new_zeros(grp.valid.shape + tuple(q.shape[1:]))
-            qg[grp.valid] = q[grp.tok]
-            K, V = kv_for(grp.read)
-            o = self._attend(qg.transpose(1, 2), K, V, grp.mask, scale)[grp.valid]
+            b, Lq = grp.valid.shape
+            if grp.dense:
+                qg = q[grp.tok].view(b, Lq, *q.shape[1:])
+            else:
+                qg = q.new_zeros((b, Lq) + tuple(q.shape[1:]))
+                qg[grp.valid] = q[grp.tok]
+            K, V = kv_for(grp.blocks)
+            o = self._attend(qg, K, V, grp.mask, scale)
+            o = o.reshape(b * Lq, -1) if grp.dense else o[grp.valid]
+            if len(g.groups) == 1 and grp.dense and bool((grp.tok == torch.arange(q.shape[0])).all()):
+                return o
             if out is None:
                 out = o.new_empty((q.shape[0], o.shape[-1]))
             out[grp.tok] = o
@@ -180,23 +191,25 @@ class ModelRunner:
     def _gqa_attention(self, li, attn, x, cos, sin, g: "_Grid"):
         T = x.shape[1]
         hd = self.pool.layout.head_dim
+        bs = self.pool.block_size
         q = attn.q_proj(x).view(1, T, -1, hd)
         k = attn.k_proj(x).view(1, T, -1, hd)
         v = attn.v_proj(x).view(T, -1, hd)
         if hasattr(attn, "q_norm"):  # qwen3-style per-head norms
             q, k = attn.q_norm(q), attn.k_norm(k)
         q = _rope(q.transpose(1, 2), cos, sin)[0].transpose(0, 1)  # [T, H, D]
-        k = _rope(k.transpose(1, 2), cos, sin)[0].transpose(0, 1)  # [T, Hk, D]
-        kc, vc = self.pool.k[li], self.pool.v[li]
-        kc[g.write_slots] = k.to(kc.dtype)
-        vc[g.write_slots] = v.to(vc.dtype)
+        k = _rope(k.transpose(1, 2), cos, sin)[0]  # [Hk, T, D]
+        kc, vc = self.pool.k[li], self.pool.v[li]  # [Hk, slots, D]
+        kc[:, g.write_slots] = k.to(kc.dtype)
+        vc[:, g.write_slots] = v.transpose(0, 1).to(vc.dtype)
+        Hk = kc.shape[0]
 
-        def kv_for(read):  # gather this group's keys and values by slot: [b, Hk, Lk, D]
-            b, Lk = read.shape
-            flat = read.reshape(-1)
-            K = kc.index_select(0, flat).view(b, Lk, *kc.shape[1:]).transpose(1, 2).to(q.dtype)
-            V = vc.index_select(0, flat).view(b, Lk, *vc.shape[1:]).transpose(1, 2).to(q.dtype)
-            return K, V
+        def kv_for(blocks):  # whole blocks of this group's context: [Hk, b, nb*bs, D], no copy after the gather
+            b, nb = blocks.shape
+            flat = blocks.reshape(-1)
+            K = kc.view(Hk, -1, bs, hd).index_select(1, flat).view(Hk, b, nb * bs, hd)
+            V = vc.view(Hk, -1, bs, hd).index_select(1, flat).view(Hk, b, nb * bs, hd)
+            return K.to(q.dtype), V.to(q.dtype)
 
         return attn.o_proj(self._attend_packed(q, kv_for, g, attn.scaling)[None])
 
@@ -218,13 +231,16 @@ class ModelRunner:
         lat = self.pool.latent[li]
         lat[g.write_slots] = torch.cat([c[0], k_rot[0, 0]], dim=-1).to(lat.dtype)  # the compressed latent per token
 
-        def kv_for(read):  # expand this group's cached latents into per-head keys and values
-            b, Lk = read.shape
-            L = lat.index_select(0, read.reshape(-1)).view(b, Lk, -1).to(x.dtype)  # [b, Lk, latent]
+        bs = self.pool.block_size
+
+        def kv_for(blocks):  # expand this group's cached latents into per-head keys and values [H, b, Lk, *]
+            b, nb = blocks.shape
+            Lk = nb * bs
+            L = lat.view(-1, bs, lat.shape[-1]).index_select(0, blocks.reshape(-1)).view(b, Lk, -1).to(x.dtype)
             c_all, kr_all = L.split([attn.kv_lora_rank, rope_d], dim=-1)
-            kv = attn.kv_b_proj(c_all).view(b, Lk, -1, nope + vd).transpose(1, 2)  # un-absorbed up-projection
+            kv = attn.kv_b_proj(c_all).view(b, Lk, -1, nope + vd).permute(2, 0, 1, 3)  # un-absorbed up-projection
             k_nope, V = kv.split([nope, vd], dim=-1)
-            K = torch.cat([k_nope, kr_all[:, None].expand(-1, k_nope.shape[1], -1, -1)], dim=-1)
+            K = torch.cat([k_nope, kr_all[None].expand(k_nope.shape[0], -1, -1, -1)], dim=-1)
             return K, V.contiguous()
 
         Q = torch.cat([q_pass, q_rot], dim=-1)[0].transpose(0, 1)  # [T, H, nope+rope]
@@ -237,8 +253,9 @@ class _Group:
 
     tok: torch.Tensor  # [t] indices of the group's tokens in the packed order
     valid: torch.Tensor  # [b, Lq] bool: which grid cells hold a real token
-    read: torch.Tensor  # [b, Lk] slots of each row's context
-    mask: torch.Tensor  # [b, 1, Lq, Lk] bool
+    blocks: torch.Tensor  # [b, nb] block ids of each row's context (padded with block 0)
+    mask: torch.Tensor  # [b, Lq, Lk] bool, Lk = nb * block_size
+    dense: bool  # every grid cell is a real token (then tok is row-major over the grid)
 
 
 @dataclass

@@ -9,8 +9,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sizewise.compression.prune import mask_from_scores, parse_pattern
-from sizewise.compression.sparse import (SparseLinear, expected_nbytes, pack_bits, packed_nbytes,
-                                         unpack_bits)
+from sizewise.compression.sparse import (SparseLinear, expected_nbytes, nm_positions, nm_rank, nm_unrank,
+                                         pack_bits, packed_nbytes, pattern_bits, unpack_bits)
 
 
 def _pruned_linear(spec: str, rows=48, cols=128, seed=0, fp16_exact=True):
@@ -24,7 +24,7 @@ def _pruned_linear(spec: str, rows=48, cols=128, seed=0, fp16_exact=True):
     return lin, mask, pat
 
 
-@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 7, 14])
 def test_bit_packing_roundtrip_and_size(bits):
     g = torch.Generator().manual_seed(bits)
     x = torch.randint(0, 2 ** bits, (37,), generator=g)
@@ -58,6 +58,27 @@ def test_packed_bytes_match_formula(spec, vf, g):
     dense_fp16 = 48 * 128 * 2
     if spec in ("0.5", "2:4") and vf == "fp16":
         assert packed_nbytes(packed) / dense_fp16 <= 0.5625 + 1e-9  # 0.5 values + 1/16 index
+    if spec == "2:4" and vf == "int4" and g == 64:
+        assert packed_nbytes(packed) / dense_fp16 <= 0.2  # the issue's 2:4 int4 target
+
+
+@pytest.mark.parametrize("n,m", [(1, 2), (2, 4), (4, 8), (3, 7), (8, 16)])
+def test_nm_pattern_rank_is_a_bijection(n, m):
+    """Every kept-position set of an N:M group gets its own rank < C(M, N), and unranks back."""
+    import itertools
+    combos = torch.tensor(list(itertools.combinations(range(m), n)))  # ascending positions
+    ranks = nm_rank(combos, m)
+    assert sorted(ranks.tolist()) == list(range(math.comb(m, n)))
+    assert torch.equal(nm_unrank(ranks, n, m), combos)
+    assert 2 ** pattern_bits(n, m) >= math.comb(m, n) > 2 ** (pattern_bits(n, m) - 1)
+
+
+def test_nm_pattern_survives_packing():
+    lin, mask, pat = _pruned_linear("4:8", rows=16, cols=64)
+    pos = nm_positions(mask, 4, 8)
+    packed = pack_bits(nm_rank(pos, 8), 7)
+    assert packed.numel() == math.ceil(16 * 8 * 7 / 8)
+    assert torch.equal(nm_unrank(unpack_bits(packed, 7, 16 * 8).reshape(16, 8), 4, 8), pos)
 
 
 @pytest.mark.parametrize("spec", ["0.5", "2:4"])

@@ -13,7 +13,7 @@ from sizewise.compression.streaming import compress_checkpoint_streaming
 from sizewise.errors import SizewiseError
 
 
-@pytest.mark.parametrize("name", ["int4-g128", "int8-dyn", "fp16"])
+@pytest.mark.parametrize("name", ["int4-g128", "int8-dyn-nosq", "fp16"])
 def test_streaming_equals_in_memory(tiny_hf_dir, tmp_path, name):
     assert len(list(tiny_hf_dir.glob("*.safetensors"))) > 1  # really sharded
     man = compress_checkpoint_streaming(tiny_hf_dir, tmp_path / "s", RECIPES[name], shard_bytes=150_000)
@@ -51,9 +51,11 @@ def test_streaming_truncated_shard_is_a_user_error(tiny_hf_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no temp dir left behind
 
 
-def test_gptq_streaming_layer_by_layer_equals_in_memory(tiny_hf_dir, tmp_path):
+@pytest.mark.parametrize("name", ["int4-gptq-g64", "int8-dyn"])
+def test_sequential_streaming_layer_by_layer_equals_in_memory(tiny_hf_dir, tmp_path, name):
+    """GPTQ and SmoothQuant + W8A8 calibrate layer by layer: streamed from disk == in memory, byte for byte."""
     calib = tokens(3, 32, seed=11)
-    cfg = RECIPES["int4-gptq-g64"]
+    cfg = RECIPES[name]
     man = compress_checkpoint_streaming(tiny_hf_dir, tmp_path / "s", cfg, calib_tokens=calib)
     m = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype="auto")
     compress(m, cfg, calib_tokens=calib)

@@ -40,6 +40,11 @@ def test_slots_follow_block_tables():
     assert pool.slots(7, 0, 6) == [t[0] * 4 + i for i in range(4)] + [t[1] * 4, t[1] * 4 + 1]
     st = pool.slot_tensor([7], [6], 8)
     assert st[0, :6].tolist() == pool.slots(7, 0, 6)
+    pool.reserve(8, 2)
+    bt = pool.block_tensor([7, 8], [6, 2])  # padded to the longest table with block 0
+    assert bt.tolist() == [t, [pool.tables[8][0], 0]]
+    # a block gather covers exactly the slots the per-token map names
+    assert (bt[0, :, None] * 4 + torch.arange(4)).reshape(-1)[:6].tolist() == pool.slots(7, 0, 6)
 
 
 def test_fragmentation_is_unused_over_allocated_slots():
@@ -59,6 +64,6 @@ def test_layout_bytes_gqa_and_mla():
     assert mla.bytes_per_token == 61 * 576 * 2
     pool = KVPool.from_bytes(gqa, 10 * gqa.bytes_per_token * 16 + 5, block_size=16)
     assert pool.num_blocks == 10 and pool.total_bytes == 10 * 16 * gqa.bytes_per_token
-    assert pool.k[0].shape == (160, 3, 64)
+    assert pool.k[0].shape == (3, 160, 64)  # head-major
     mpool = KVPool(mla, 2, 8)
     assert mpool.latent[0].shape == (16, 576) and mpool.k == []
