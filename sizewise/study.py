@@ -32,7 +32,8 @@ CLAIMED = {
 }
 
 # recipe kind / name -> the storage format `sizewise.size.formats` computes for it
-FORMAT_OF = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8-wo": "int8", "int8-dyn": "int8",
+FORMAT_OF = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8-wo": "int8", "int8-gptq": "int8", "int8-dyn": "int8",
+             "int8-dyn-nosq": "int8",
              "int8-static": "int8"}
 
 

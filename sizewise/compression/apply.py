@@ -81,6 +81,8 @@ def compress(model: nn.Module, config: BaseConfig, calib_tokens: torch.Tensor | 
             cls = P.Int8DynamicLinear if isinstance(config, Int8DynamicConfig) else P.Int8WeightOnlyLinear
             if isinstance(config, Int8DynamicConfig) and config.smoothquant is not None:
                 _int8_smoothquant(model, config, calib_tokens, rec, progress)
+            elif isinstance(config, Int8WeightOnlyConfig) and config.method == "gptq":
+                _int8_gptq(model, config, calib_tokens, rec, progress)
             for name, lin in target_linears(model, config):  # what is left (all of it without SmoothQuant)
                 new = cls.from_float(lin)
                 set_module(model, name, new)
@@ -171,6 +173,22 @@ def _int8_smoothquant(model, config: Int8DynamicConfig, calib: torch.Tensor, rec
 
     G.run_sequential(model, calib, lambda n: n in targets, quantize_layer, progress, hessian=False)
     rec.calibration = {**(rec.calibration or {}), **smooth_summary(sq)}
+
+
+def _int8_gptq(model, config: Int8WeightOnlyConfig, calib: torch.Tensor, rec: CompressionRecord, progress) -> None:
+    targets = dict(target_linears(model, config))
+
+    def quantize_layer(lname: str, layer: nn.Module, accs: dict[str, G.HessianAccumulator]) -> None:
+        for name, acc in accs.items():
+            lin = targets.pop(name)
+            q, s = G.gptq_quantize_int8(lin.weight, acc.H, damp=config.damp)
+            new = P.Int8WeightOnlyLinear(q, s, lin.bias)
+            set_module(model, name, new)
+            _record(rec, name, new)
+
+    G.run_sequential(model, calib, lambda n: n in targets, quantize_layer, progress)
+    if rec.calibration is not None:
+        rec.calibration.update(method="gptq", damp=config.damp)
 
 
 def _int8_static(model, config: Int8StaticConfig, calib: torch.Tensor, rec: CompressionRecord) -> None:

@@ -46,7 +46,17 @@ class TorchDynamicConfig(BaseConfig):
 
 @dataclass(frozen=True)
 class Int8WeightOnlyConfig(BaseConfig):
+    """int8 per-output-channel symmetric weights; method 'gptq' rounds them with GPTQ (calibrated),
+    same storage and kernel."""
+    method: str = "rtn"  # rtn | gptq
+    damp: float = 0.01
+    calib_samples: int = 16
+    calib_seq_len: int = 256
     kind: str = field(default="int8-wo", init=False)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq"
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,7 @@ RECIPES: dict[str, BaseConfig] = {
     "bf16": DtypeConfig(dtype="bf16"),
     "torch-dynamic": TorchDynamicConfig(),
     "int8-wo": Int8WeightOnlyConfig(),
+    "int8-gptq": Int8WeightOnlyConfig(method="gptq"),
     "int8-dyn": Int8DynamicConfig(),
     "int8-dyn-nosq": Int8DynamicConfig(smoothquant=None),
     "int8-static": Int8StaticConfig(),
@@ -190,6 +201,8 @@ def validate(cfg: BaseConfig, where: str = "recipe") -> None:
         raise SizewiseError(f"{where}: smoothquant (alpha) must be in [0, 1] or null, got {cfg.smoothquant}")
     if isinstance(cfg, Int8StaticConfig) and cfg.strategy not in ("tensor", "channel"):
         raise SizewiseError(f"{where}: strategy must be 'tensor' or 'channel', got {cfg.strategy!r}")
+    if isinstance(cfg, Int8WeightOnlyConfig) and (cfg.method not in ("rtn", "gptq") or not 0 < cfg.damp < 1):
+        raise SizewiseError(f"{where}: int8-wo needs method 'rtn' or 'gptq' and damp in (0, 1), got {cfg.method!r}, {cfg.damp}")
     if isinstance(cfg, Int4WeightOnlyConfig):
         if cfg.method not in ("rtn", "gptq"):
             raise SizewiseError(f"{where}: method must be 'rtn' or 'gptq', got {cfg.method!r}")

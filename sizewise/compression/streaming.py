@@ -176,7 +176,7 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
     from sizewise.compression.apply import target_linears
 
     t0 = time.perf_counter()
-    if isinstance(config, (Int4WeightOnlyConfig, Int8DynamicConfig)) and config.needs_calibration:
+    if isinstance(config, (Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig)) and config.needs_calibration:
         return sequential_checkpoint_streaming(src_dir, out_dir, config, calib_tokens, force, shard_bytes, progress)
     if not streamable(config):
         raise SizewiseError(f"recipe {recipe_name(config) or config.kind} calibrates on activations and cannot be "
@@ -255,7 +255,7 @@ def _add_module_tensors(w: "_ShardWriter", rec: dict, prefix: str, module: torch
 
 
 def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
-                                    config: Int4WeightOnlyConfig | Int8DynamicConfig,
+                                    config: Int4WeightOnlyConfig | Int8DynamicConfig | Int8WeightOnlyConfig,
                                     calib_tokens: torch.Tensor | None, force: bool = False,
                                     shard_bytes: int = STREAM_SHARD_BYTES,
                                     progress: Callable[[int, int], None] | None = None) -> dict:
@@ -287,22 +287,29 @@ def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
         model.tie_weights()
     model.eval()
     crec = CompressionRecord(recipe=config.to_dict(), recipe_name=recipe_name(config))
-    gptq = isinstance(config, Int4WeightOnlyConfig)
+    gptq = getattr(config, "method", "") == "gptq"
     calibration = {"sequences": int(calib_tokens.shape[0]), "seq_len": int(calib_tokens.shape[1]),
                    "tokens": int(calib_tokens.numel())}
-    if gptq:
+    if isinstance(config, Int4WeightOnlyConfig):
         calibration.update(method="gptq", act_order=config.act_order, damp=config.damp)
+    elif gptq:
+        calibration.update(method="gptq", damp=config.damp)
     rec: dict = {"modules": {}, "tensors": {}, "fallbacks": crec.fallbacks, "kept": crec.kept,
                  "calibration": calibration}
     sq = None if gptq else SmoothRecord(config.smoothquant)
 
     def replace(name: str, lin: torch.nn.Linear, acc) -> None:
-        if gptq:
+        if isinstance(config, Int4WeightOnlyConfig):
             _int4_replace(model, name, lin, config, crec, None if acc is None else acc.H)
+            return
+        if gptq:
+            q, s = G.gptq_quantize_int8(lin.weight, acc.H, damp=config.damp) if acc is not None \
+                else Q.quantize_per_channel_int8(lin.weight)
+            new = P.Int8WeightOnlyLinear(q, s, lin.bias)
         else:
             new = P.Int8DynamicLinear.from_float(lin)
-            set_module(model, name, new)
-            _record(crec, name, new)
+        set_module(model, name, new)
+        _record(crec, name, new)
 
     def load_layer(li: int, layer: torch.nn.Module) -> None:
         p = f"{lprefix}.{li}."

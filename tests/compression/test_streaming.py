@@ -51,7 +51,7 @@ def test_streaming_truncated_shard_is_a_user_error(tiny_hf_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no temp dir left behind
 
 
-@pytest.mark.parametrize("name", ["int4-gptq-g64", "int8-dyn"])
+@pytest.mark.parametrize("name", ["int4-gptq-g64", "int8-dyn", "int8-gptq"])
 def test_sequential_streaming_layer_by_layer_equals_in_memory(tiny_hf_dir, tmp_path, name):
     """GPTQ and SmoothQuant + W8A8 calibrate layer by layer: streamed from disk == in memory, byte for byte."""
     calib = tokens(3, 32, seed=11)
