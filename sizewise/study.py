@@ -305,11 +305,13 @@ def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = F
         prog.update(top, description="study: parent reference", advance=1)
         ref = metrics.build_reference(parent, tokens[:s.eval_tokens], s.window,
                                       progress=lambda d, t: phase("reference", d, t))
+        t_parent = time.perf_counter() - t_start  # load + reference: shared by every row
         rows = []
         tmp = Path(tempfile.mkdtemp(prefix="sizewise-study-"))
         try:
             for name in recipes:
                 cfg = RECIPES[name]
+                t_row = time.perf_counter()
                 prog.update(top, description=f"study: {name}")
                 calib = None
                 if cfg.needs_calibration:
@@ -317,6 +319,7 @@ def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = F
                 row = _variant(parent, name, cfg, calib, tok, lm.source, tmp, keep_dir, ref, tokens, s,
                                lambda p, d, t, _n=name: phase(p, d, t, _n))
                 row["matches_source_grid"] = matches_source_grid(cfg, grid)
+                row["study_seconds"] = time.perf_counter() - t_row  # compress + save + reload + measure
                 rows.append(row)
                 prog.update(top, advance=1)
         finally:
@@ -329,6 +332,7 @@ def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = F
         "settings": {**s.__dict__, "batches": list(s.batches), "corpus": "files: " + ", ".join(text_files)
                      if text_files else "pydoc_data.topics.topics (sorted keys, blank-line joined)", "quick": quick},
         "recipes": rows, "claimed": CLAIMED, "wall_s": time.perf_counter() - t_start,
+        "parent_seconds": t_parent,
         "machine": machine.machine_info(), "command": machine.command_line(),
     }
 

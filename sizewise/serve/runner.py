@@ -13,7 +13,7 @@ token and expands it with kv_b_proj at attention time (un-absorbed: simple and e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -178,7 +178,7 @@ class ModelRunner:
             else:
                 qg = q.new_zeros((b, Lq) + tuple(q.shape[1:]))
                 qg[grp.valid] = q[grp.tok]
-            K, V = kv_for(grp.blocks)
+            K, V = kv_for(grp)
             o = self._attend(qg, K, V, grp.mask, scale)
             o = o.reshape(b * Lq, -1) if grp.dense else o[grp.valid]
             if len(g.groups) == 1 and grp.dense and bool((grp.tok == torch.arange(q.shape[0])).all()):
@@ -204,11 +204,14 @@ class ModelRunner:
         vc[:, g.write_slots] = v.transpose(0, 1).to(vc.dtype)
         Hk = kc.shape[0]
 
-        def kv_for(blocks):  # whole blocks of this group's context: [Hk, b, nb*bs, D], no copy after the gather
-            b, nb = blocks.shape
-            flat = blocks.reshape(-1)
-            K = kc.view(Hk, -1, bs, hd).index_select(1, flat).view(Hk, b, nb * bs, hd)
-            V = vc.view(Hk, -1, bs, hd).index_select(1, flat).view(Hk, b, nb * bs, hd)
+        def kv_for(grp):  # whole blocks of this group's context: [Hk, b, nb*bs, D], no copy after the gather
+            b, nb = grp.blocks.shape
+            flat = grp.blocks.reshape(-1)
+            if "k" not in grp.bufs:  # one buffer per group, reused by every layer of this step (no page faults)
+                grp.bufs["k"] = kc.new_empty(Hk, b * nb, bs * hd)
+                grp.bufs["v"] = vc.new_empty(Hk, b * nb, bs * hd)
+            K = torch.index_select(kc.view(Hk, -1, bs * hd), 1, flat, out=grp.bufs["k"]).view(Hk, b, nb * bs, hd)
+            V = torch.index_select(vc.view(Hk, -1, bs * hd), 1, flat, out=grp.bufs["v"]).view(Hk, b, nb * bs, hd)
             return K.to(q.dtype), V.to(q.dtype)
 
         return attn.o_proj(self._attend_packed(q, kv_for, g, attn.scaling)[None])
@@ -233,10 +236,10 @@ class ModelRunner:
 
         bs = self.pool.block_size
 
-        def kv_for(blocks):  # expand this group's cached latents into per-head keys and values [H, b, Lk, *]
-            b, nb = blocks.shape
+        def kv_for(grp):  # expand this group's cached latents into per-head keys and values [H, b, Lk, *]
+            b, nb = grp.blocks.shape
             Lk = nb * bs
-            L = lat.view(-1, bs, lat.shape[-1]).index_select(0, blocks.reshape(-1)).view(b, Lk, -1).to(x.dtype)
+            L = lat.view(-1, bs, lat.shape[-1]).index_select(0, grp.blocks.reshape(-1)).view(b, Lk, -1).to(x.dtype)
             c_all, kr_all = L.split([attn.kv_lora_rank, rope_d], dim=-1)
             kv = attn.kv_b_proj(c_all).view(b, Lk, -1, nope + vd).permute(2, 0, 1, 3)  # un-absorbed up-projection
             k_nope, V = kv.split([nope, vd], dim=-1)
@@ -256,6 +259,7 @@ class _Group:
     blocks: torch.Tensor  # [b, nb] block ids of each row's context (padded with block 0)
     mask: torch.Tensor  # [b, Lq, Lk] bool, Lk = nb * block_size
     dense: bool  # every grid cell is a real token (then tok is row-major over the grid)
+    bufs: dict = field(default_factory=dict)  # gather buffers shared by the step's layers
 
 
 @dataclass
