@@ -191,7 +191,33 @@ def _int8_gptq(model, config: Int8WeightOnlyConfig, calib: torch.Tensor, rec: Co
         rec.calibration.update(method="gptq", damp=config.damp)
 
 
+def _smooth_float(model, config, calib: torch.Tensor, rec: CompressionRecord) -> None:
+    """SmoothQuant on the float model from one calibration pass: smoothing preserves the float
+    function, so every layer's input maxima can be taken before any layer is smoothed."""
+    from sizewise.compression.smooth import SmoothRecord, smooth_layer
+
+    prefix, layers = G.decoder_layers(model)
+    targets = dict(target_linears(model, config))
+    accs = {n: G.HessianAccumulator(m.in_features, hessian=False) for n, m in targets.items()
+            if n.startswith(prefix + ".")}
+    hooks = [targets[n].register_forward_hook(a.hook) for n, a in accs.items()]
+    try:
+        for i in range(calib.shape[0]):
+            model(input_ids=calib[i:i + 1], use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    sq = SmoothRecord(config.smoothquant)
+    for li, layer in enumerate(layers):
+        p = f"{prefix}.{li}"
+        smooth_layer(layer, {k[len(p) + 1:]: a.absmax for k, a in accs.items() if k.startswith(p + ".")},
+                     sq.alpha, p, sq)
+    rec.calibration = {**(rec.calibration or {}), **smooth_summary(sq)}
+
+
 def _int8_static(model, config: Int8StaticConfig, calib: torch.Tensor, rec: CompressionRecord) -> None:
+    if config.smoothquant is not None:
+        _smooth_float(model, config, calib, rec)
     targets = target_linears(model, config)
     absmax: dict[str, torch.Tensor] = {}
 

@@ -76,6 +76,7 @@ class Int8DynamicConfig(BaseConfig):
 @dataclass(frozen=True)
 class Int8StaticConfig(BaseConfig):
     strategy: str = "tensor"  # tensor | channel: granularity of the calibrated activation scale
+    smoothquant: float | None = 0.5  # SmoothQuant alpha applied before calibrating scales; None = off
     calib_samples: int = 8  # calibration sequences
     calib_seq_len: int = 256
     kind: str = field(default="int8-static", init=False)
@@ -197,7 +198,8 @@ def validate(cfg: BaseConfig, where: str = "recipe") -> None:
             raise SizewiseError(f"{where}: bad pattern {pat!r}: {e}")
     if isinstance(cfg, DtypeConfig) and cfg.dtype not in ("fp32", "fp16", "bf16"):
         raise SizewiseError(f"{where}: dtype must be fp32, fp16 or bf16, got {cfg.dtype!r}")
-    if isinstance(cfg, Int8DynamicConfig) and cfg.smoothquant is not None and not 0.0 <= cfg.smoothquant <= 1.0:
+    if isinstance(cfg, (Int8DynamicConfig, Int8StaticConfig)) and cfg.smoothquant is not None \
+            and not 0.0 <= cfg.smoothquant <= 1.0:
         raise SizewiseError(f"{where}: smoothquant (alpha) must be in [0, 1] or null, got {cfg.smoothquant}")
     if isinstance(cfg, Int8StaticConfig) and cfg.strategy not in ("tensor", "channel"):
         raise SizewiseError(f"{where}: strategy must be 'tensor' or 'channel', got {cfg.strategy!r}")

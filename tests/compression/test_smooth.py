@@ -76,6 +76,9 @@ def test_smoothquant_w8a8_beats_plain_w8a8_on_outlier_activations():
     plain = kld(RECIPES["int8-dyn-nosq"])
     smoothed = kld(RECIPES["int8-dyn"], calib)
     assert smoothed < 0.5 * plain, (smoothed, plain)
+    static_plain = kld(recipe_from_dict({"base": "int8-static", "smoothquant": None}), calib)
+    static_smoothed = kld(RECIPES["int8-static"], calib)
+    assert static_smoothed < 0.5 * static_plain, (static_smoothed, static_plain)
     m = compress(copy.deepcopy(base), RECIPES["int8-dyn"], calib_tokens=calib)
     c = m.sizewise_compression.calibration
     assert c["method"] == "smoothquant" and c["alpha"] == 0.5 and c["smoothed_groups"] == 3 * 2 and c["skipped"] == []
