@@ -191,27 +191,30 @@ def _int8_gptq(model, config: Int8WeightOnlyConfig, calib: torch.Tensor, rec: Co
         rec.calibration.update(method="gptq", damp=config.damp)
 
 
-def _smooth_float(model, config, calib: torch.Tensor, rec: CompressionRecord) -> None:
-    """SmoothQuant on the float model from one calibration pass: smoothing preserves the float
-    function, so every layer's input maxima can be taken before any layer is smoothed."""
-    from sizewise.compression.smooth import SmoothRecord, smooth_layer
-
-    prefix, layers = G.decoder_layers(model)
-    targets = dict(target_linears(model, config))
-    accs = {n: G.HessianAccumulator(m.in_features, hessian=False) for n, m in targets.items()
-            if n.startswith(prefix + ".")}
-    hooks = [targets[n].register_forward_hook(a.hook) for n, a in accs.items()]
+def _input_absmax(model, linears: dict[str, nn.Linear], calib: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-input-channel max |x| of each named Linear, one forward per calibration sequence."""
+    accs = {n: G.HessianAccumulator(m.in_features, hessian=False) for n, m in linears.items()}
+    hooks = [linears[n].register_forward_hook(a.hook) for n, a in accs.items()]
     try:
         for i in range(calib.shape[0]):
             model(input_ids=calib[i:i + 1], use_cache=False)
     finally:
         for h in hooks:
             h.remove()
+    return {n: a.absmax for n, a in accs.items()}
+
+
+def _smooth_float(model, config, calib: torch.Tensor, rec: CompressionRecord) -> None:
+    """SmoothQuant on the float model from one calibration pass: smoothing preserves the float
+    function, so every layer's input maxima can be taken before any layer is smoothed."""
+    from sizewise.compression.smooth import SmoothRecord, smooth_layer
+
+    prefix, layers = G.decoder_layers(model)
+    amax = _input_absmax(model, {n: m for n, m in target_linears(model, config) if n.startswith(prefix + ".")}, calib)
     sq = SmoothRecord(config.smoothquant)
     for li, layer in enumerate(layers):
         p = f"{prefix}.{li}"
-        smooth_layer(layer, {k[len(p) + 1:]: a.absmax for k, a in accs.items() if k.startswith(p + ".")},
-                     sq.alpha, p, sq)
+        smooth_layer(layer, {k[len(p) + 1:]: v for k, v in amax.items() if k.startswith(p + ".")}, sq.alpha, p, sq)
     rec.calibration = {**(rec.calibration or {}), **smooth_summary(sq)}
 
 
@@ -219,24 +222,10 @@ def _int8_static(model, config: Int8StaticConfig, calib: torch.Tensor, rec: Comp
     if config.smoothquant is not None:
         _smooth_float(model, config, calib, rec)
     targets = target_linears(model, config)
-    absmax: dict[str, torch.Tensor] = {}
-
-    def make_hook(name: str):
-        def hook(mod, inputs, out):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().float()
-            a = x.amax(dim=0) if config.strategy == "channel" else x.amax().reshape(1)
-            absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
-        return hook
-
-    hooks = [lin.register_forward_hook(make_hook(name)) for name, lin in targets]
-    try:
-        for i in range(calib.shape[0]):
-            model(input_ids=calib[i:i + 1], use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    amax = _input_absmax(model, dict(targets), calib)  # on the smoothed model: the inputs it will see
     for name, lin in targets:
-        new = P.Int8StaticLinear.from_float(lin, input_absmax=absmax[name])
+        a = amax[name] if config.strategy == "channel" else amax[name].amax().reshape(1)
+        new = P.Int8StaticLinear.from_float(lin, input_absmax=a)
         set_module(model, name, new)
         _record(rec, name, new)
     if rec.calibration is not None:
