@@ -26,6 +26,7 @@ bench: install
 	$(PY) benchmarks/bench_compress.py
 	$(PY) benchmarks/bench_sparsity.py
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/serve_step_profile.py
 	$(PY) benchmarks/bench_streaming.py
 
 # Optional peer: llama.cpp through llama-cpp-python (compiles from source, several minutes).
