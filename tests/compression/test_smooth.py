@@ -91,3 +91,11 @@ def test_smoothquant_needs_calibration_and_a_sane_alpha():
     with pytest.raises(SizewiseError, match="smoothquant"):
         recipe_from_dict({"base": "int8-dyn", "smoothquant": 1.5})
     assert recipe_from_dict({"base": "int8-dyn", "smoothquant": None}) == RECIPES["int8-dyn-nosq"]
+
+
+def test_int8_gptq_recipe_fields_are_validated():
+    assert RECIPES["int8-gptq"].needs_calibration and not RECIPES["int8-wo"].needs_calibration
+    with pytest.raises(SizewiseError, match="damp"):
+        recipe_from_dict({"base": "int8-gptq", "damp": 2.0})
+    with pytest.raises(SizewiseError, match="method"):
+        recipe_from_dict({"base": "int8-wo", "method": "awq"})

@@ -227,3 +227,12 @@ def test_fresh_process_reloads_a_pruned_checkpoint(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_corrupt_nm_pattern_is_refused():
+    lin, mask, pat = _pruned_linear("2:4", rows=8, cols=16)
+    packed = SparseLinear.from_float(lin, mask, "fp16", pat.n, pat.m)
+    t = packed.packed_tensors()
+    t["pattern"] = torch.full_like(t["pattern"], 0xFF)  # every 3-bit rank = 7 >= C(4, 2) = 6
+    with pytest.raises(ValueError, match="corrupt 2:4 pattern"):
+        SparseLinear.from_packed(t, packed.packed_meta(), None)
