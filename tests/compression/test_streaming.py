@@ -13,6 +13,14 @@ from sizewise.compression.streaming import compress_checkpoint_streaming
 from sizewise.errors import SizewiseError
 
 
+def assert_same_tensors(d1, d2) -> None:
+    """Two checkpoint directories hold the same tensor names, dtypes and bytes."""
+    a, b = read_tensors(d1), read_tensors(d2)
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
 @pytest.mark.parametrize("name", ["int4-g128", "int8-dyn-nosq", "fp16"])
 def test_streaming_equals_in_memory(tiny_hf_dir, tmp_path, name):
     assert len(list(tiny_hf_dir.glob("*.safetensors"))) > 1  # really sharded
@@ -21,10 +29,7 @@ def test_streaming_equals_in_memory(tiny_hf_dir, tmp_path, name):
     assert m.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     compress(m, RECIPES[name])
     man2 = save_compressed(m, None, tmp_path / "m", None, tiny_hf_dir)
-    a, b = read_tensors(tmp_path / "s"), read_tensors(tmp_path / "m")
-    assert set(a) == set(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    assert_same_tensors(tmp_path / "s", tmp_path / "m")
     assert man["tensors"] == man2["tensors"] and man["modules"] == man2["modules"]
     assert man["fallbacks"] == man2["fallbacks"]
     assert man["parent"]["sha256"] == man2["parent"]["sha256"]
@@ -60,10 +65,7 @@ def test_sequential_streaming_layer_by_layer_equals_in_memory(tiny_hf_dir, tmp_p
     m = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype="auto")
     compress(m, cfg, calib_tokens=calib)
     man2 = save_compressed(m, None, tmp_path / "m", None, tiny_hf_dir)
-    a, b = read_tensors(tmp_path / "s"), read_tensors(tmp_path / "m")
-    assert set(a) == set(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    assert_same_tensors(tmp_path / "s", tmp_path / "m")
     assert man["modules"] == man2["modules"] and man["calibration"] == man2["calibration"]
     with pytest.raises(SizewiseError, match="calibration"):
         compress_checkpoint_streaming(tiny_hf_dir, tmp_path / "x", cfg)
