@@ -77,24 +77,14 @@ def compress(model: nn.Module, config: BaseConfig, calib_tokens: torch.Tensor | 
             cast_floats(model, DTYPES[config.dtype])
         elif isinstance(config, TorchDynamicConfig):
             _torch_dynamic(model, config, rec)
-        elif isinstance(config, (Int8WeightOnlyConfig, Int8DynamicConfig)):
-            cls = P.Int8DynamicLinear if isinstance(config, Int8DynamicConfig) else P.Int8WeightOnlyLinear
-            if isinstance(config, Int8DynamicConfig) and config.smoothquant is not None:
-                _int8_smoothquant(model, config, calib_tokens, rec, progress)
-            elif isinstance(config, Int8WeightOnlyConfig) and config.method == "gptq":
-                _int8_gptq(model, config, calib_tokens, rec, progress)
-            for name, lin in target_linears(model, config):  # what is left (all of it without SmoothQuant)
-                new = cls.from_float(lin)
-                set_module(model, name, new)
-                _record(rec, name, new)
+        elif isinstance(config, (Int8WeightOnlyConfig, Int8DynamicConfig, Int4WeightOnlyConfig)):
+            lq = LayerQuantizer(model, config, rec)
+            if config.needs_calibration:  # GPTQ, SmoothQuant: decoder layer by decoder layer
+                G.run_sequential(model, calib_tokens, lq.is_target, lq.quantize_layer, progress, hessian=lq.hessian)
+                rec.calibration = {**(rec.calibration or {}), **lq.facts()}
+            lq.finish()  # RTN for every target not quantized above
         elif isinstance(config, Int8StaticConfig):
             _int8_static(model, config, calib_tokens, rec)
-        elif isinstance(config, Int4WeightOnlyConfig):
-            if config.method == "gptq":
-                _int4_gptq(model, config, calib_tokens, rec, progress)
-            else:
-                for name, lin in target_linears(model, config):
-                    _int4_replace(model, name, lin, config, rec, None)
         else:
             raise TypeError(f"unknown config {type(config).__name__}")
     rec.seconds = time.perf_counter() - t0
@@ -141,54 +131,61 @@ def _int4_replace(model: nn.Module, name: str, lin: nn.Linear, config: Int4Weigh
     _record(rec, name, new)
 
 
-def _int4_gptq(model, config: Int4WeightOnlyConfig, calib: torch.Tensor, rec: CompressionRecord, progress) -> None:
-    targets = dict(target_linears(model, config))
+class LayerQuantizer:
+    """Replaces the targeted Linears of int8-wo / int8-gptq / int8-dyn / int4 recipes. For the calibrated
+    ones its `quantize_layer` is gptq.run_sequential's per-layer step (GPTQ rounding from the layer's
+    Hessians; SmoothQuant folded into the layer before W8A8). The in-memory path and the streaming one
+    both use it, so they write the same bytes."""
 
-    def quantize_layer(lname: str, layer: nn.Module, accs: dict[str, G.HessianAccumulator]) -> None:
-        for name, acc in accs.items():
-            _int4_replace(model, name, targets.pop(name), config, rec, acc.H)
+    def __init__(self, model: nn.Module, config: BaseConfig, rec: CompressionRecord) -> None:
+        from sizewise.compression.smooth import SmoothRecord
 
-    G.run_sequential(model, calib, lambda n: n in targets, quantize_layer, progress)
-    for name, lin in targets.items():  # targeted Linears outside the decoder layers: plain RTN
-        _int4_replace(model, name, lin, config, rec, None)
-    if rec.calibration is not None:
-        rec.calibration.update(method="gptq", act_order=config.act_order, damp=config.damp)
+        self.model, self.config, self.rec = model, config, rec
+        self.targets = dict(target_linears(model, config))
+        smooth = isinstance(config, Int8DynamicConfig) and config.smoothquant is not None
+        self.sq = SmoothRecord(config.smoothquant) if smooth else None
+        self.hessian = self.sq is None  # GPTQ needs H; SmoothQuant only the input maxima
 
+    def is_target(self, name: str) -> bool:
+        return name in self.targets
 
-def _int8_smoothquant(model, config: Int8DynamicConfig, calib: torch.Tensor, rec: CompressionRecord,
-                      progress) -> None:
-    """SmoothQuant then W8A8, decoder layer by decoder layer: each layer is smoothed on its own inputs
-    (the outputs of the already quantized layers before it), as the streaming path does."""
-    from sizewise.compression.smooth import SmoothRecord, smooth_layer
-
-    targets = dict(target_linears(model, config))
-    sq = SmoothRecord(config.smoothquant)
-
-    def quantize_layer(lname: str, layer: nn.Module, accs: dict[str, G.HessianAccumulator]) -> None:
-        smooth_layer(layer, {k[len(lname) + 1:]: a.absmax for k, a in accs.items()}, sq.alpha, lname, sq)
-        for name in accs:
-            new = P.Int8DynamicLinear.from_float(targets.pop(name))
-            set_module(model, name, new)
-            _record(rec, name, new)
-
-    G.run_sequential(model, calib, lambda n: n in targets, quantize_layer, progress, hessian=False)
-    rec.calibration = {**(rec.calibration or {}), **smooth_summary(sq)}
-
-
-def _int8_gptq(model, config: Int8WeightOnlyConfig, calib: torch.Tensor, rec: CompressionRecord, progress) -> None:
-    targets = dict(target_linears(model, config))
-
-    def quantize_layer(lname: str, layer: nn.Module, accs: dict[str, G.HessianAccumulator]) -> None:
-        for name, acc in accs.items():
-            lin = targets.pop(name)
-            q, s = G.gptq_quantize_int8(lin.weight, acc.H, damp=config.damp)
+    def replace(self, name: str, H: torch.Tensor | None = None) -> None:
+        """Swap one target for its packed module; H given: GPTQ rounding, else round-to-nearest."""
+        lin, cfg = self.targets.pop(name), self.config
+        if isinstance(cfg, Int4WeightOnlyConfig):
+            _int4_replace(self.model, name, lin, cfg, self.rec, H)
+            return
+        if isinstance(cfg, Int8DynamicConfig):
+            new = P.Int8DynamicLinear.from_float(lin)
+        elif H is not None:
+            q, s = G.gptq_quantize_int8(lin.weight, H, damp=cfg.damp)
             new = P.Int8WeightOnlyLinear(q, s, lin.bias)
-            set_module(model, name, new)
-            _record(rec, name, new)
+        else:
+            new = P.Int8WeightOnlyLinear.from_float(lin)
+        set_module(self.model, name, new)
+        _record(self.rec, name, new)
 
-    G.run_sequential(model, calib, lambda n: n in targets, quantize_layer, progress)
-    if rec.calibration is not None:
-        rec.calibration.update(method="gptq", damp=config.damp)
+    def quantize_layer(self, lname: str, layer: nn.Module, accs: dict[str, G.HessianAccumulator]) -> None:
+        if self.sq is not None:
+            from sizewise.compression.smooth import smooth_layer
+            smooth_layer(layer, {k[len(lname) + 1:]: a.absmax for k, a in accs.items()}, self.sq.alpha, lname, self.sq)
+        for name, acc in accs.items():
+            self.replace(name, acc.H)
+
+    def finish(self) -> None:
+        """Round-to-nearest for the targets left (all of them without calibration; those outside the
+        decoder layers with it)."""
+        for name in list(self.targets):
+            self.replace(name)
+
+    def facts(self) -> dict:
+        """What the manifest's calibration record adds for this recipe."""
+        cfg = self.config
+        if self.sq is not None:
+            return smooth_summary(self.sq)
+        if isinstance(cfg, Int4WeightOnlyConfig):
+            return {"method": "gptq", "act_order": cfg.act_order, "damp": cfg.damp}
+        return {"method": "gptq", "damp": cfg.damp}
 
 
 def _input_absmax(model, linears: dict[str, nn.Linear], calib: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -45,8 +45,8 @@ def _mappings(layer: nn.Module) -> list[tuple[nn.Module, str, list[str]]] | None
 @torch.no_grad()
 def smooth_layer(layer: nn.Module, absmax: dict[str, torch.Tensor], alpha: float, prefix: str,
                  rec: SmoothRecord) -> None:
-    """Fold SmoothQuant scales into one decoder layer. `absmax`: layer-relative Linear name (as in
-    layer_inputs) -> per-input-channel max |x| over the calibration tokens."""
+    """Fold SmoothQuant scales into one decoder layer. `absmax`: layer-relative Linear name (e.g.
+    'self_attn.q_proj') -> per-input-channel max |x| over the calibration tokens."""
     maps = _mappings(layer)
     if maps is None:
         rec.skipped.append(prefix)

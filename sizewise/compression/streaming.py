@@ -265,9 +265,7 @@ def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
     (already quantized) layers' outputs, quantized, run again to produce the next layer's inputs,
     written, and dropped back to `meta`."""
     from sizewise.compression import gptq as G
-    from sizewise.compression.apply import (CompressionRecord, _int4_replace, _record, set_module, smooth_summary,
-                                            target_linears)
-    from sizewise.compression.smooth import SmoothRecord, smooth_layer
+    from sizewise.compression.apply import CompressionRecord, LayerQuantizer
     from sizewise.io.atomic import atomic_dir
 
     t0 = time.perf_counter()
@@ -277,7 +275,6 @@ def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
     src, cfg, scan, model = _prepare(src_dir, out_dir, config)
     headers = {h.name: h for h in scan.tensors}
     all_linears = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
-    targets = dict(target_linears(model, config))
     lprefix, layers = G.decoder_layers(model)
     outside = {k: h for k, h in headers.items() if not k.startswith(lprefix + ".")}
     res = model.load_state_dict({k: read_tensor(h) for k, h in outside.items()}, strict=False, assign=True)
@@ -287,29 +284,10 @@ def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
         model.tie_weights()
     model.eval()
     crec = CompressionRecord(recipe=config.to_dict(), recipe_name=recipe_name(config))
-    gptq = getattr(config, "method", "") == "gptq"
-    calibration = {"sequences": int(calib_tokens.shape[0]), "seq_len": int(calib_tokens.shape[1]),
-                   "tokens": int(calib_tokens.numel())}
-    if isinstance(config, Int4WeightOnlyConfig):
-        calibration.update(method="gptq", act_order=config.act_order, damp=config.damp)
-    elif gptq:
-        calibration.update(method="gptq", damp=config.damp)
+    lq = LayerQuantizer(model, config, crec)
     rec: dict = {"modules": {}, "tensors": {}, "fallbacks": crec.fallbacks, "kept": crec.kept,
-                 "calibration": calibration}
-    sq = None if gptq else SmoothRecord(config.smoothquant)
-
-    def replace(name: str, lin: torch.nn.Linear, acc) -> None:
-        if isinstance(config, Int4WeightOnlyConfig):
-            _int4_replace(model, name, lin, config, crec, None if acc is None else acc.H)
-            return
-        if gptq:
-            q, s = G.gptq_quantize_int8(lin.weight, acc.H, damp=config.damp) if acc is not None \
-                else Q.quantize_per_channel_int8(lin.weight)
-            new = P.Int8WeightOnlyLinear(q, s, lin.bias)
-        else:
-            new = P.Int8DynamicLinear.from_float(lin)
-        set_module(model, name, new)
-        _record(crec, name, new)
+                 "calibration": {"sequences": int(calib_tokens.shape[0]), "seq_len": int(calib_tokens.shape[1]),
+                                 "tokens": int(calib_tokens.numel())}}
 
     def load_layer(li: int, layer: torch.nn.Module) -> None:
         p = f"{lprefix}.{li}."
@@ -321,23 +299,14 @@ def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
     with atomic_dir(out_dir, force=force) as tmp:
         w = _ShardWriter(tmp, shard_bytes)
 
-        def quantize_layer(lname: str, layer: torch.nn.Module, accs: dict) -> None:
-            if sq is not None:
-                smooth_layer(layer, {k[len(lname) + 1:]: a.absmax for k, a in accs.items()}, sq.alpha, lname, sq)
-            for name, acc in accs.items():
-                replace(name, targets.pop(name), acc)
-
         def done_layer(li: int, layer: torch.nn.Module) -> None:
             _add_module_tensors(w, rec, f"{lprefix}.{li}", layer)
             layers[li] = layer.to("meta")  # drop the weights: the next layer is read from disk
 
-        G.run_sequential(model, calib_tokens, lambda n: n in targets, quantize_layer, progress,
-                         before_layer=load_layer, after_layer=done_layer, hessian=gptq)
-        for name, lin in list(targets.items()):  # targeted Linears outside decoder layers: RTN, as in memory
-            if not name.startswith(lprefix + "."):
-                replace(name, lin, None)
-        if sq is not None:
-            rec["calibration"].update(smooth_summary(sq))
+        G.run_sequential(model, calib_tokens, lq.is_target, lq.quantize_layer, progress,
+                         before_layer=load_layer, after_layer=done_layer, hessian=lq.hessian)
+        lq.finish()  # targeted Linears outside decoder layers: RTN, as in memory
+        rec["calibration"].update(lq.facts())
         seen: set[int] = set()
         for key, t in model.state_dict().items():
             if key.startswith(lprefix + "."):
