@@ -71,7 +71,7 @@ def serve_command(model: str, host: str, port: int, kv_memory: str | None, max_b
     log.info("sizewise serve: model %s (%s) on http://%s:%d; KV pool %d blocks x %d tokens = %s (%s layout, %d B/token); "
              "max context %d, max batch %d", name, lm.source, host, port, p.num_blocks, p.block_size, fmt_bytes(p.total_bytes),
              p.layout.kind, p.layout.bytes_per_token, engine.max_model_len, max_batch)
-    run_foreground(create_app(engine, name, drain_s=drain_s), host, port, drain_s)
+    run_foreground(create_app(engine, name, drain_s=drain_s), engine, host, port, drain_s)
     log.info("sizewise serve: stopped (%s)", engine.stats()["finished"])
 
 
@@ -89,7 +89,7 @@ def bench_serve_command(model: str, requests: int, concurrency: list[int], max_t
     from sizewise.serve.api import create_app
     from sizewise.serve.engine import Engine
     from sizewise.serve.loadgen import mixed_workload, run_load
-    from sizewise.serve.server import BackgroundServer
+    from sizewise.serve.server import BackgroundServer, drive
     from sizewise.units import fmt_bytes
 
     _logging()
@@ -116,13 +116,17 @@ def bench_serve_command(model: str, requests: int, concurrency: list[int], max_t
     engine = Engine(lm.model, lm.tokenizer, cfg)
     result["engine"].update({"kv_pool_blocks": engine.pool.num_blocks, "kv_pool_bytes": engine.pool.total_bytes,
                              "kv_bytes_per_token": engine.pool.layout.bytes_per_token})
-    with BackgroundServer(create_app(engine, name)) as srv:
-        run_load(srv.url, name, reqs[:2], 2)  # warm-up: first-call costs stay out of the numbers
-        for c in concurrency:
-            with console.status(f"serving {requests} requests at concurrency {c}"):
-                s = bench._serve_load(engine, name, reqs, c, duration_s, srv.url)
-            result["serve"].append(s)
-            console.print(f"concurrency {c}: {s['tokens_per_s']:.1f} tok/s, {s['completed_ok']}/{requests} ok")
+
+    def serve_phase() -> None:  # in a helper thread: the engine loop runs on this (the model's) thread, see engine.py
+        with BackgroundServer(create_app(engine, name)) as srv:
+            run_load(srv.url, name, reqs[:2], 2)  # warm-up: first-call costs stay out of the numbers
+            for c in concurrency:
+                with console.status(f"serving {requests} requests at concurrency {c}"):
+                    s = bench._serve_load(engine, name, reqs, c, duration_s, srv.url)
+                result["serve"].append(s)
+                console.print(f"concurrency {c}: {s['tokens_per_s']:.1f} tok/s, {s['completed_ok']}/{requests} ok")
+
+    drive(engine, serve_phase)
     if baselines:
         with console.status("baseline (a): sequential generate()"):
             result["baseline_sequential"] = bench.baseline_sequential(lm.model, reqs)
@@ -138,9 +142,13 @@ def bench_serve_command(model: str, requests: int, concurrency: list[int], max_t
         slm = lm if soak_model in (None, model) else _load(soak_model, dtype, None)
         seng = Engine(slm.model, slm.tokenizer, cfg)
         sname = _model_name(soak_model or model)
-        with BackgroundServer(create_app(seng, sname)) as srv:
-            with console.status(f"soak: {soak_requests} short requests, 10 % cancelled, 5 % disconnected"):
-                result["soak"] = {"model": sname, **bench.soak(seng, sname, slm.tokenizer, soak_requests, 16, srv.url)}
+
+        def soak_phase() -> None:
+            with BackgroundServer(create_app(seng, sname)) as srv:
+                with console.status(f"soak: {soak_requests} short requests, 10 % cancelled, 5 % disconnected"):
+                    result["soak"] = {"model": sname, **bench.soak(seng, sname, slm.tokenizer, soak_requests, 16, srv.url)}
+
+        drive(seng, soak_phase)
     _print(console, result, fmt_bytes)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

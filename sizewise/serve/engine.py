@@ -1,4 +1,12 @@
-"""The engine loop: one background thread owns the scheduler, the runner and the pool.
+"""The engine loop: one thread owns the scheduler, the runner and the pool.
+
+Which thread matters on a small CPU: libgomp throttles its spin-waits to almost nothing once more
+OpenMP threads exist than cores, and the first thread that ran torch (the one that loaded the
+model) already owns a team. A second thread's team therefore makes every parallel op pay a futex
+wake: a batch-16 decode step of the bundled model took 124 ms from a helper thread against 90 ms
+from the loading thread on 2 cores. So `serve` and `bench-serve` run the loop on the main thread
+(`Engine.run` / `drive`) and put the HTTP server in a helper thread; `start()` (a background loop
+thread) stays for tests and embedding, where speed does not matter.
 
 Other threads (the API's event loop, a benchmark) talk to it only through `submit` and
 `abort`, which post to an inbox; results come back on each request's handle (an asyncio
@@ -160,6 +168,10 @@ class Engine:
         self._accepting = True
         self._stop = False
         self._thread: threading.Thread | None = None
+        self.hosted = False  # True while a caller's thread runs the loop (`run`): start() is then a no-op
+        self._looping = False
+        self._loop_done = threading.Event()
+        self._host: threading.Thread | None = None
         self.steps = 0
         self.crashed_steps = 0
         self.finished_by_reason: dict[str, int] = {}
@@ -180,7 +192,8 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Engine":
-        if self._thread is None:
+        """Run the loop in a background thread (tests, embedding). `run` is the fast path on a small CPU."""
+        if self._thread is None and not self.hosted:
             n = torch.get_num_threads()  # the engine thread computes with the same intra-op threads as its creator
             self._thread = threading.Thread(target=self._loop, args=(n,), name="sizewise-engine", daemon=True)
             self._thread.start()
@@ -190,15 +203,29 @@ class Engine:
         """Stop admitting; let running requests finish for up to drain_s, cancel the rest; stop the thread."""
         self._accepting = False
         deadline = time.monotonic() + drain_s
-        while self.num_active() and time.monotonic() < deadline and self._thread is not None and self._thread.is_alive():
+        while self.num_active() and time.monotonic() < deadline and self._looping:
             time.sleep(0.02)
         for rid in list(self._requests):
             self.abort(rid, reason="cancelled")
-        self._stop = True
-        self._wake.set()
+        self.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        elif self._looping and threading.current_thread() is not self._host:
+            self._loop_done.wait(timeout=10)
         self._thread = None
+
+    def stop(self) -> None:
+        """End the loop for good after the current step."""
+        self._stop = True
+        self._wake.set()
+
+    def run(self, until: threading.Event | None = None) -> None:
+        """Run the loop in the calling thread until `until` is set or `shutdown`/`stop` is called elsewhere."""
+        self.hosted, self._host = True, threading.current_thread()
+        try:
+            self._loop(torch.get_num_threads(), until)
+        finally:
+            self.hosted = False
 
     def num_active(self) -> int:
         return len(self._requests) + self._pending
@@ -262,10 +289,19 @@ class Engine:
                 if req is not None:
                     self._finish(req, reason)
 
-    def _loop(self, threads: int) -> None:
+    def _loop(self, threads: int, until: threading.Event | None = None) -> None:
         torch.set_num_threads(threads)
+        self._looping = True
+        self._loop_done.clear()
+        try:
+            self._loop_body(until or threading.Event())
+        finally:
+            self._looping = False
+            self._loop_done.set()
+
+    def _loop_body(self, until: threading.Event) -> None:
         last_metrics = 0.0
-        while not self._stop:
+        while not self._stop and not until.is_set():
             busy = False
             try:
                 self._drain_inbox()

@@ -1,4 +1,8 @@
-"""Run the API with uvicorn: in the foreground (`sizewise serve`, SIGTERM drains) or in a thread (tests, bench-serve)."""
+"""Run the API with uvicorn next to the engine.
+
+`sizewise serve` and `bench-serve` keep the engine loop on the main thread (see engine.py for why: libgomp
+on a small CPU) and put uvicorn, or the benchmark's driver, in a helper thread (`drive`). Tests use
+`BackgroundServer` with the engine's own background thread."""
 from __future__ import annotations
 
 import logging
@@ -6,8 +10,11 @@ import signal
 import socket
 import threading
 import time
+from typing import Callable, TypeVar
 
 import uvicorn
+
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -16,19 +23,51 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def run_foreground(app, host: str, port: int, drain_s: float = 30.0) -> None:
-    """Blocks until SIGINT/SIGTERM: uvicorn stops accepting, waits up to drain_s for open requests,
-    then the app's lifespan cancels what is left and stops the engine. Exits normally (status 0)."""
+def drive(engine, fn: Callable[[], T]) -> T:
+    """Call fn in a helper thread while this thread runs the engine loop; return fn's result (or raise its error).
+
+    The loop ends when fn returns (or when fn's server shuts the engine down)."""
+    done, box = threading.Event(), {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+        finally:
+            done.set()
+            engine._wake.set()
+
+    engine.hosted = True  # before the helper starts, so an app lifespan does not start a second loop thread
+    helper = threading.Thread(target=target, name="sizewise-driver", daemon=True)
+    helper.start()
+    try:
+        engine.run(until=done)
+    finally:
+        done.wait()
+        helper.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def run_foreground(app, engine, host: str, port: int, drain_s: float = 30.0) -> None:
+    """Blocks until SIGINT/SIGTERM: uvicorn (in a helper thread) stops accepting, waits up to drain_s for open
+    requests, then the app's lifespan cancels what is left and stops the engine, whose loop ran on this thread.
+    Exits normally (status 0)."""
     log = logging.getLogger("sizewise.serve")
-
-    def noted(signum, _frame):  # uvicorn re-raises the signal after its shutdown: make that a no-op, not a kill
-        log.info("sizewise serve: %s handled, shut down cleanly", signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, noted)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=int(drain_s))
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+
+    def on_signal(signum, _frame):  # runs on this (the engine's) thread between steps
+        log.info("sizewise serve: %s received, draining", signal.Signals(signum).name)
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    drive(engine, server.run)
+    log.info("sizewise serve: shut down cleanly")
 
 
 class BackgroundServer:

@@ -127,3 +127,51 @@ def test_prefill_and_decode_share_one_forward(llama_case):
             outs[s.seq_id].append(t)
             toks[s.seq_id].append(t)
     assert [outs[i] for i in range(len(prompts))] == ref
+
+
+def test_prompt_fed_in_chunks_matches_generate(llama_case):
+    """Multi-token inputs on top of cached tokens (not fresh prompts) take the gathered, masked path."""
+    model, prompts, ref = llama_case
+    n = len(ref[0])
+    pool = KVPool(kv_layout(model), 600, 4)
+    runner = ModelRunner(model, pool)
+    long = [i for i, p in enumerate(prompts) if len(p) >= 6][:6]
+    assert len(long) >= 3
+    first = runner.forward([StepInput(i, prompts[i][:3], 0) for i in long])  # part of each prompt
+    assert first.shape[0] == len(long)
+    logits = runner.forward([StepInput(i, prompts[i][3:], 3) for i in long])  # the rest, 3 tokens cached
+    toks = {i: list(prompts[i]) for i in long}
+    outs = {i: [] for i in long}
+    for step in range(n):
+        for i, t in zip(long, logits.argmax(-1).tolist()):
+            outs[i].append(t)
+            toks[i].append(t)
+        if step < n - 1:
+            logits = runner.forward([StepInput(i, [toks[i][-1]], len(toks[i]) - 1) for i in long])
+    assert [outs[i] for i in long] == [ref[i] for i in long]
+
+
+def test_split_by_context_is_optimal_and_complete():
+    import itertools
+    import random
+
+    from sizewise.serve.runner import split_by_context
+
+    def cost(parts, nb, g):
+        return sum(len(p) * max(nb[r] for r in p) + g for p in parts)
+
+    rng = random.Random(0)
+    for trial in range(60):
+        n = rng.randint(1, 7)
+        rows = list(range(n))
+        nb = [rng.choice([1, 2, 3, 20, 25, 40]) for _ in rows]
+        g = rng.choice([0, 5, 48])
+        parts = split_by_context(rows, nb, g)
+        assert sorted(r for p in parts for r in p) == rows  # every row exactly once
+        # brute force over contiguous cuts of the context-sorted order (optimal partitions are contiguous there)
+        order = sorted(rows, key=lambda r: nb[r])
+        best = min(cost([order[a:b] for a, b in zip((0,) + c, c + (n,))], nb, g)
+                   for k in range(n) for c in itertools.combinations(range(1, n), k))
+        assert cost(parts, nb, g) == best
+    assert len(split_by_context([0, 1, 2, 3], [1, 1, 40, 40], 0)) == 2  # short and long contexts apart
+    assert split_by_context([0, 1, 2], [1, 2, 40], 10**6) == [[0, 1, 2]]  # overhead dominates: one group
