@@ -74,7 +74,11 @@ def activation_dtype(config) -> "object":
 
     from sizewise.compression.apply import DTYPES
 
+    from sizewise.compression.precision import STREAMS
+
     kind = getattr(config, "kind", "")
+    if getattr(config, "stream", None) in STREAMS:
+        return STREAMS[config.stream]
     if kind == "dtype":
         return DTYPES[config.dtype]
     if kind == "torch-dynamic":
@@ -86,29 +90,6 @@ def _is_packed(mod) -> bool:
     return hasattr(mod, "scheme") and hasattr(mod, "kernel") and hasattr(mod, "packed_tensors")
 
 
-def set_activation_dtype(model, dtype) -> None:
-    """Cast the float modules (embeddings, norms, kept Linears) to `dtype`, leaving packed modules
-    and rotary frequency tables alone: hidden states then flow in `dtype` end to end."""
-    import torch
-
-    packed_inside: set[int] = set()
-    for m in model.modules():
-        if _is_packed(m):
-            packed_inside.update(id(x) for x in m.modules())
-    for m in model.modules():
-        if id(m) in packed_inside or type(m).__module__.startswith("torch.ao"):
-            continue
-        for name, p in list(m.named_parameters(recurse=False)):
-            if p.is_floating_point() and p.dtype != dtype:
-                p.data = p.data.to(dtype)
-        for name, b in list(m.named_buffers(recurse=False)):
-            if b.is_floating_point() and b.dtype != dtype and "inv_freq" not in name:
-                setattr(m, name, b.to(dtype))
-    if hasattr(model, "config"):
-        model.config.dtype = str(dtype).replace("torch.", "")
-    torch.set_default_dtype(torch.float32)
-
-
 def kernels_of(model) -> dict[str, int]:
     """Which kernel runs each packed Linear ({kernel: count}); plain Linears are counted by dtype."""
     import torch
@@ -117,6 +98,8 @@ def kernels_of(model) -> dict[str, int]:
     for m in model.modules():
         if _is_packed(m):
             k = str(m.kernel)
+        elif getattr(m, "keeps_storage_dtype", False) and isinstance(m, torch.nn.Linear):
+            k = f"aten.linear({str(m.weight.dtype).replace('torch.', '')}) + fp32 top-{m.k} logits"
         elif type(m).__module__.startswith("torch.ao") and "Linear" in type(m).__name__:
             k = "quantized::linear_dynamic (fbgemm, per-tensor act)"
         elif isinstance(m, torch.nn.Linear):
@@ -205,6 +188,7 @@ def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp
     import torch
 
     from sizewise.compression.apply import compress
+    from sizewise.compression.precision import set_activation_dtype
     from sizewise.evaluate import metrics, speed
 
     speed.reset_peak_rss()

@@ -337,6 +337,8 @@ def load_compressed(d: str | Path) -> tuple[nn.Module, Any, dict]:
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise SizewiseError(f"{d}: the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[0]}: compress again")
+    from sizewise.compression.precision import restore_stream
+    restore_stream(model)  # an fp32 stream around bf16-stored embedding/lm_head (precision.py)
     model.eval()
     tokenizer = None
     if (d / "tokenizer_config.json").is_file() or (d / "tokenizer.json").is_file():

@@ -52,6 +52,7 @@ class Int8WeightOnlyConfig(BaseConfig):
     damp: float = 0.01
     calib_samples: int = 16
     calib_seq_len: int = 256
+    stream: str = "fp32"  # precision around the kernels (compression/precision.py): fp32 | bf16
     kind: str = field(default="int8-wo", init=False)
 
     @property
@@ -98,6 +99,7 @@ class Int4WeightOnlyConfig(BaseConfig):
     block_size: int = 128
     calib_samples: int = 16
     calib_seq_len: int = 256
+    stream: str = "bf16"  # precision around the kernels (compression/precision.py): bf16 | fp32
     kind: str = field(default="int4", init=False)
 
     @property
@@ -205,6 +207,8 @@ def validate(cfg: BaseConfig, where: str = "recipe") -> None:
         raise SizewiseError(f"{where}: strategy must be 'tensor' or 'channel', got {cfg.strategy!r}")
     if isinstance(cfg, Int8WeightOnlyConfig) and (cfg.method not in ("rtn", "gptq") or not 0 < cfg.damp < 1):
         raise SizewiseError(f"{where}: int8-wo needs method 'rtn' or 'gptq' and damp in (0, 1), got {cfg.method!r}, {cfg.damp}")
+    if isinstance(cfg, (Int8WeightOnlyConfig, Int4WeightOnlyConfig)) and cfg.stream not in ("bf16", "fp32"):
+        raise SizewiseError(f"{where}: stream must be 'bf16' or 'fp32', got {cfg.stream!r}")
     if isinstance(cfg, Int4WeightOnlyConfig):
         if cfg.method not in ("rtn", "gptq"):
             raise SizewiseError(f"{where}: method must be 'rtn' or 'gptq', got {cfg.method!r}")

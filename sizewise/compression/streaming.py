@@ -26,6 +26,7 @@ from sizewise.compression import quant as Q
 from sizewise.compression.apply import DTYPES, choose_group_size
 from sizewise.compression.checkpoint import (INDEX, MANIFEST, FORMAT_VERSION, build_skeleton, check_out_path,
                                              dtype_name, parent_record, publish_modes, quantization_config, versions)
+from sizewise.compression.precision import apply_stream, set_activation_dtype, stored_dtype
 from sizewise.compression.recipes import (BaseConfig, DtypeConfig, Int4WeightOnlyConfig, Int8DynamicConfig,
                                           Int8WeightOnlyConfig, recipe_name)
 from sizewise.errors import SizewiseError
@@ -144,6 +145,9 @@ def _finish(tmp: Path, src: Path, cfg: dict, config: BaseConfig, writer: "_Shard
     if isinstance(config, DtypeConfig):
         out_cfg["dtype"] = str(DTYPES[config.dtype]).replace("torch.", "")
         out_cfg.pop("torch_dtype", None)
+    elif getattr(config, "stream", None) == "fp32":  # as apply_stream leaves model.config in memory
+        out_cfg["dtype"] = "float32"
+        out_cfg.pop("torch_dtype", None)
     qc = quantization_config(rec["modules"], sorted(set(all_linears) - set(rec["modules"])))
     if qc:
         out_cfg["quantization_config"] = qc
@@ -188,6 +192,7 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
 
     rec: dict = {"modules": {}, "tensors": {}, "fallbacks": {}, "kept": {}}
     modules, tmanifest, fallbacks, kept = rec["modules"], rec["tensors"], rec["fallbacks"], rec["kept"]
+    stream = getattr(config, "stream", "bf16")
     with atomic_dir(out_dir, force=force) as tmp:
         w = _ShardWriter(tmp, shard_bytes)
         for i, h in enumerate(scan.tensors):
@@ -204,6 +209,7 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
                     g, why = choose_group_size(k, n, config)
                     if g is None:
                         kept[mod] = why
+                        t = t.to(stored_dtype(h.name, t.dtype, stream))
                         w.add(h.name, t)
                         tmanifest[h.name] = {"scheme": dtype_name(t.dtype), "shape": list(t.shape)}
                         continue
@@ -227,6 +233,7 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
                 w.add(h.name, t)
                 tmanifest[h.name] = {"scheme": dtype_name(t.dtype), "shape": list(t.shape)}
             else:
+                t = t.to(stored_dtype(h.name, t.dtype, stream))
                 w.add(h.name, t)
                 tmanifest[h.name] = {"scheme": dtype_name(t.dtype), "shape": list(t.shape)}
             del t
@@ -299,13 +306,19 @@ def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
     with atomic_dir(out_dir, force=force) as tmp:
         w = _ShardWriter(tmp, shard_bytes)
 
+        fp32_stream = getattr(config, "stream", "bf16") == "fp32"
+
         def done_layer(li: int, layer: torch.nn.Module) -> None:
+            if fp32_stream:
+                set_activation_dtype(layer, torch.float32)  # norms as apply_stream leaves them in memory
             _add_module_tensors(w, rec, f"{lprefix}.{li}", layer)
             layers[li] = layer.to("meta")  # drop the weights: the next layer is read from disk
 
         G.run_sequential(model, calib_tokens, lq.is_target, lq.quantize_layer, progress,
                          before_layer=load_layer, after_layer=done_layer, hessian=lq.hessian)
         lq.finish()  # targeted Linears outside decoder layers: RTN, as in memory
+        if fp32_stream:
+            apply_stream(model, "fp32")
         rec["calibration"].update(lq.facts())
         seen: set[int] = set()
         for key, t in model.state_dict().items():

@@ -10,6 +10,7 @@ import torch.nn as nn
 from conftest import tiny_llama, tokens
 from sizewise.compression import packed as P
 from sizewise.compression.apply import compress
+from sizewise.compression.precision import RefinedLMHead, StreamEmbedding
 from sizewise.compression.recipes import RECIPES, Int4WeightOnlyConfig
 
 DECODER_LINEARS = 2 * 7  # q k v o gate up down per layer
@@ -32,7 +33,13 @@ def test_targets_decoder_linears_only_and_stays_close(base, name, cls):
     packed = {n: mod for n, mod in m.named_modules() if isinstance(mod, P.PackedLinear)}
     assert len(packed) == DECODER_LINEARS and all(type(mod) is cls for mod in packed.values())
     assert all(".layers." in n for n in packed)
-    assert type(m.lm_head) is nn.Linear and type(m.model.embed_tokens) is nn.Embedding
+    assert isinstance(m.lm_head, nn.Linear) and isinstance(m.model.embed_tokens, nn.Embedding)  # not quantized
+    if getattr(RECIPES[name], "stream", "bf16") == "fp32":  # stored bf16, computed around the kernels in fp32
+        assert type(m.lm_head) is RefinedLMHead and type(m.model.embed_tokens) is StreamEmbedding
+        assert m.lm_head.weight is m.model.embed_tokens.weight and m.lm_head.weight.dtype == torch.bfloat16
+        assert m.model.norm.weight.dtype == torch.float32
+    else:
+        assert type(m.lm_head) is nn.Linear and type(m.model.embed_tokens) is nn.Embedding
     rec = m.sizewise_compression
     assert set(rec.modules) == set(packed) and rec.recipe_name == name
     with torch.no_grad():
