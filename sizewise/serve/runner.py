@@ -45,7 +45,8 @@ def is_mla(model) -> bool:
 def kv_layout(model, dtype: torch.dtype | None = None) -> KVLayout:
     """The per-token KV layout of a model, read from its config."""
     cfg = model.config
-    dtype = dtype or next(model.parameters()).dtype
+    # the stream dtype: an fp32 stream around bf16-stored embeddings (compression/precision.py) caches fp32 K/V
+    dtype = dtype or getattr(model.get_input_embeddings(), "out_dtype", None) or next(model.parameters()).dtype
     n_layers = len(_decoder(model).layers)
     if is_mla(model):
         return KVLayout("mla", n_layers, dtype, latent_dim=cfg.kv_lora_rank + cfg.qk_rope_head_dim)

@@ -99,6 +99,7 @@ def test_int8_packed_linears_from_compression():
     model = tiny.tiny_llama(seed=0, dtype=torch.float32, hidden_size=128, intermediate_size=256)
     compress(model, get_recipe("int8-wo"))
     assert type(model.model.layers[0].self_attn.q_proj).__name__ != "Linear"
+    assert kv_layout(model).dtype == torch.float32  # int8's fp32 stream: K/V cached in fp32, not the bf16 table's dtype
     prompts = tiny.prompts(4, seed=3)
     pool = KVPool(kv_layout(model), 100, 8)
     got = ModelRunner(model, pool).forward([StepInput(i, p, 0) for i, p in enumerate(prompts)])
