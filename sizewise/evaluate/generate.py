@@ -93,6 +93,9 @@ class LeanDecoder:
         import time
 
         self._arange = torch.arange(self.max_len)
+        # a fresh dynamo cache per decoder: every variant/batch re-traces the same code object, and past
+        # the recompile limit dynamo silently runs it eagerly (seen as a 0.02 s "compile" of the third variant)
+        torch._dynamo.reset()
         self._step_c = torch.compile(self._static_step, dynamic=False, fullgraph=False, mode=mode)
         t0 = time.perf_counter()
         saved = self.pos
