@@ -89,7 +89,7 @@ def bench_serve_command(model: str, requests: int, concurrency: list[int], max_t
     from sizewise.serve.api import create_app
     from sizewise.serve.engine import Engine
     from sizewise.serve.loadgen import mixed_workload, run_load
-    from sizewise.serve.server import BackgroundServer, drive
+    from sizewise.serve.server import BackgroundServer
     from sizewise.units import fmt_bytes
 
     _logging()
@@ -126,7 +126,7 @@ def bench_serve_command(model: str, requests: int, concurrency: list[int], max_t
                 result["serve"].append(s)
                 console.print(f"concurrency {c}: {s['tokens_per_s']:.1f} tok/s, {s['completed_ok']}/{requests} ok")
 
-    drive(engine, serve_phase)
+    engine.run_while(serve_phase)
     if baselines:
         with console.status("baseline (a): sequential generate()"):
             result["baseline_sequential"] = bench.baseline_sequential(lm.model, reqs)
@@ -148,7 +148,7 @@ def bench_serve_command(model: str, requests: int, concurrency: list[int], max_t
                 with console.status(f"soak: {soak_requests} short requests, 10 % cancelled, 5 % disconnected"):
                     result["soak"] = {"model": sname, **bench.soak(seng, sname, slm.tokenizer, soak_requests, 16, srv.url)}
 
-        drive(seng, soak_phase)
+        seng.run_while(soak_phase)
     _print(console, result, fmt_bytes)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

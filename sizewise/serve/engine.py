@@ -5,7 +5,7 @@ OpenMP threads exist than cores, and the first thread that ran torch (the one th
 model) already owns a team. A second thread's team therefore makes every parallel op pay a futex
 wake: a batch-16 decode step of the bundled model took 124 ms from a helper thread against 90 ms
 from the loading thread on 2 cores. So `serve` and `bench-serve` run the loop on the main thread
-(`Engine.run` / `drive`) and put the HTTP server in a helper thread; `start()` (a background loop
+(`Engine.run_while`) and put the HTTP server in a helper thread; `start()` (a background loop
 thread) stays for tests and embedding, where speed does not matter.
 
 Other threads (the API's event loop, a benchmark) talk to it only through `submit` and
@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 import torch
 
@@ -33,6 +34,7 @@ from sizewise.serve.sampling import SamplingParams, find_stop, safe_emit_len, sa
 from sizewise.serve.scheduler import Scheduler, SchedulerConfig, Sequence, Status
 
 log = logging.getLogger("sizewise.serve")
+T = TypeVar("T")
 
 
 class BadRequest(ValueError):
@@ -226,6 +228,32 @@ class Engine:
             self._loop(torch.get_num_threads(), until)
         finally:
             self.hosted = False
+
+    def run_while(self, fn: Callable[[], T]) -> T:
+        """Call fn in a helper thread while this thread runs the loop; return fn's result (or raise its error).
+        The loop ends when fn returns, or earlier if fn's server shuts the engine down."""
+        done, box = threading.Event(), {}
+
+        def target():
+            try:
+                box["result"] = fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                box["error"] = e
+            finally:
+                done.set()
+                self._wake.set()
+
+        self.hosted = True  # before the helper starts, so an app's lifespan does not start a second loop thread
+        helper = threading.Thread(target=target, name="sizewise-driver", daemon=True)
+        helper.start()
+        try:
+            self.run(until=done)
+        finally:
+            done.wait()
+            helper.join()
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
 
     def num_active(self) -> int:
         return len(self._requests) + self._pending

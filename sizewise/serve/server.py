@@ -1,7 +1,7 @@
 """Run the API with uvicorn next to the engine.
 
 `sizewise serve` and `bench-serve` keep the engine loop on the main thread (see engine.py for why: libgomp
-on a small CPU) and put uvicorn, or the benchmark's driver, in a helper thread (`drive`). Tests use
+on a small CPU) and put uvicorn, or the benchmark's driver, in a helper thread (`Engine.run_while`). Tests use
 `BackgroundServer` with the engine's own background thread."""
 from __future__ import annotations
 
@@ -10,45 +10,14 @@ import signal
 import socket
 import threading
 import time
-from typing import Callable, TypeVar
 
 import uvicorn
-
-T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def drive(engine, fn: Callable[[], T]) -> T:
-    """Call fn in a helper thread while this thread runs the engine loop; return fn's result (or raise its error).
-
-    The loop ends when fn returns (or when fn's server shuts the engine down)."""
-    done, box = threading.Event(), {}
-
-    def target():
-        try:
-            box["result"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = e
-        finally:
-            done.set()
-            engine._wake.set()
-
-    engine.hosted = True  # before the helper starts, so an app lifespan does not start a second loop thread
-    helper = threading.Thread(target=target, name="sizewise-driver", daemon=True)
-    helper.start()
-    try:
-        engine.run(until=done)
-    finally:
-        done.wait()
-        helper.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
 def run_foreground(app, engine, host: str, port: int, drain_s: float = 30.0) -> None:
@@ -66,7 +35,7 @@ def run_foreground(app, engine, host: str, port: int, drain_s: float = 30.0) -> 
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    drive(engine, server.run)
+    engine.run_while(server.run)
     log.info("sizewise serve: shut down cleanly")
 
 

@@ -86,3 +86,26 @@ def test_serve_bad_input_exits_2(tmp_path):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.output and "Traceback" not in r.output
+
+
+def test_bench_serve_end_to_end_on_a_tiny_model(tmp_path):
+    """bench-serve's whole job (engine loop on this thread, HTTP load in a helper, baselines, soak) on a tiny model."""
+    from sizewise.commands.serve import bench_serve_command
+
+    tok = tiny.byte_tokenizer()
+    model = tiny.tiny_llama(seed=0, vocab=len(tok), dtype=torch.float32, max_position_embeddings=1024)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    r = bench_serve_command(model=str(tmp_path / "m"), requests=4, concurrency=[1, 2], max_tokens=3, kv_memory="4MiB",
+                            max_batch=8, block_size=8, dtype="fp32", recipe=None, static_batch=2, baselines=True,
+                            soak_requests=12, soak_model=None, duration_s=120, out=str(tmp_path / "b.json"), seed=0)
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["serve"] == r["serve"] and [s["concurrency"] for s in r["serve"]] == [1, 2]
+    for s in r["serve"]:
+        assert s["completed_ok"] == 4 and s["output_tokens"] == sum(r["workload"]["output_tokens"])
+        assert s["throughput_vs_sequential"] > 0
+    assert r["baseline_sequential"]["output_tokens"] == sum(r["workload"]["output_tokens"])
+    assert 0 < r["kv_peak_vs_static"] < 1
+    soak = r["soak"]
+    assert soak["leaked_blocks"] == 0 and soak["errored_requests"] == 0 and soak["health_status"] == 200
+    assert soak["answers_after"] and soak["requests"] == 12

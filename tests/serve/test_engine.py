@@ -162,12 +162,10 @@ def test_failed_step_fails_its_requests_not_the_engine(llama_case):
     assert eng.crashed_steps == 1 and eng.pool.used_blocks == 0 and eng.pool.leaked_blocks() == 0
 
 
-def test_drive_runs_the_loop_on_the_calling_thread(llama_case):
-    """serve/bench-serve keep torch on the model's thread (libgomp, see engine.py): `drive` runs the engine
+def test_run_while_runs_the_loop_on_the_calling_thread(llama_case):
+    """serve/bench-serve keep torch on the model's thread (libgomp, see engine.py): `run_while` runs the engine
     loop here while the caller's function (a server, a benchmark) runs in a helper thread."""
     import threading
-
-    from sizewise.serve.server import drive
 
     model, prompts, refs = llama_case
     eng = engine_for(model)
@@ -184,7 +182,7 @@ def test_drive_runs_the_loop_on_the_calling_thread(llama_case):
         assert eng.start() is eng and eng._thread is None  # an app's start() does not add a loop thread
         return [eng.submit(p, greedy(3)).result(timeout=60).token_ids for p in prompts[:4]]
 
-    assert drive(eng, client) == [r[:3] for r in refs[:4]]
+    assert eng.run_while(client) == [r[:3] for r in refs[:4]]
     assert seen == {threading.current_thread().name}
     assert not eng._looping and not eng.hosted
 
@@ -192,4 +190,4 @@ def test_drive_runs_the_loop_on_the_calling_thread(llama_case):
         raise KeyError("boom")
 
     with pytest.raises(KeyError, match="boom"):
-        drive(eng, broken)
+        eng.run_while(broken)
