@@ -73,7 +73,6 @@ def activation_dtype(config) -> "object":
     import torch
 
     from sizewise.compression.apply import DTYPES
-
     from sizewise.compression.precision import STREAMS
 
     kind = getattr(config, "kind", "")
@@ -86,17 +85,15 @@ def activation_dtype(config) -> "object":
     return torch.bfloat16
 
 
-def _is_packed(mod) -> bool:
-    return hasattr(mod, "scheme") and hasattr(mod, "kernel") and hasattr(mod, "packed_tensors")
-
-
 def kernels_of(model) -> dict[str, int]:
     """Which kernel runs each packed Linear ({kernel: count}); plain Linears are counted by dtype."""
     import torch
 
+    from sizewise.compression.packed import is_packed
+
     out: dict[str, int] = {}
     for m in model.modules():
-        if _is_packed(m):
+        if is_packed(m):
             k = str(m.kernel)
         elif getattr(m, "keeps_storage_dtype", False) and isinstance(m, torch.nn.Linear):
             k = f"aten.linear({str(m.weight.dtype).replace('torch.', '')}) + fp32 top-{m.k} logits"

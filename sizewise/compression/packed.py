@@ -49,6 +49,11 @@ def known_schemes() -> list[str]:
     return sorted(_SCHEMES)
 
 
+def is_packed(mod: nn.Module) -> bool:
+    """Any module with the packed interface (PackedLinear and the sparse/shared modules alike)."""
+    return hasattr(mod, "scheme") and hasattr(mod, "kernel") and hasattr(mod, "packed_tensors")
+
+
 # --- base ---
 
 class PackedLinear(nn.Module):

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sizewise.compression.packed import is_packed
+
 STREAMS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 REFINE_TOP_K = 32
 
@@ -74,11 +76,9 @@ def _is_wrapped(m: nn.Module) -> bool:
 def set_activation_dtype(model, dtype) -> None:
     """Cast the float modules (embeddings, norms, kept Linears) to `dtype`, leaving packed modules
     and rotary frequency tables alone: hidden states then flow in `dtype` end to end."""
-    import torch
-
     packed_inside: set[int] = set()
     for m in model.modules():
-        if hasattr(m, "scheme") and hasattr(m, "kernel") and hasattr(m, "packed_tensors"):
+        if is_packed(m):
             packed_inside.update(id(x) for x in m.modules())
     for m in model.modules():
         if id(m) in packed_inside or type(m).__module__.startswith("torch.ao") or _is_wrapped(m):
@@ -117,6 +117,16 @@ def _wrap(model: nn.Module, stream: torch.dtype, store: torch.dtype) -> None:
         model.set_output_embeddings(RefinedLMHead(w, head.bias))
     if hasattr(model, "config"):
         model.config.dtype = str(stream).replace("torch.", "")
+
+
+def stream_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype hidden states flow in: an fp32 stream's embedding says so itself; otherwise the table's dtype
+    (bf16 when the table is not float)."""
+    emb = model.get_input_embeddings()
+    out = getattr(emb, "out_dtype", None)
+    if out is not None:
+        return out
+    return emb.weight.dtype if emb.weight.is_floating_point() else torch.bfloat16
 
 
 def stored_dtype(name: str, dtype: torch.dtype, stream: str) -> torch.dtype:

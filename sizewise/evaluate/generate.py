@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from sizewise.compression.precision import stream_dtype
+
 LEAN_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 
 
@@ -60,9 +62,7 @@ class LeanDecoder:
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        # the stream dtype: an fp32 stream around bf16-stored embeddings says so itself (compression/precision.py)
-        self.dtype = getattr(self.embed, "out_dtype", None) or (
-            self.embed.weight.dtype if self.embed.weight.is_floating_point() else torch.bfloat16)
+        self.dtype = stream_dtype(model)  # fp32 for an fp32 stream around bf16-stored embeddings
         self.layers = []
         for blk in base.layers:
             a, m = blk.self_attn, blk.mlp

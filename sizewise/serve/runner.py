@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sizewise.compression.precision import stream_dtype
 from sizewise.errors import SizewiseError
 from sizewise.serve.kv_pool import KVLayout, KVPool
 
@@ -45,8 +46,7 @@ def is_mla(model) -> bool:
 def kv_layout(model, dtype: torch.dtype | None = None) -> KVLayout:
     """The per-token KV layout of a model, read from its config."""
     cfg = model.config
-    # the stream dtype: an fp32 stream around bf16-stored embeddings (compression/precision.py) caches fp32 K/V
-    dtype = dtype or getattr(model.get_input_embeddings(), "out_dtype", None) or next(model.parameters()).dtype
+    dtype = dtype or stream_dtype(model)  # K/V cached in the stream dtype (fp32 around bf16-stored embeddings)
     n_layers = len(_decoder(model).layers)
     if is_mla(model):
         return KVLayout("mla", n_layers, dtype, latent_dim=cfg.kv_lora_rank + cfg.qk_rope_head_dim)
