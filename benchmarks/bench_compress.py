@@ -21,7 +21,9 @@ sys.path.insert(0, str(ROOT))
 from sizewise.study import DEFAULT_RECIPES  # noqa: E402
 
 # the study's default grid (timed: the issue wants it under 10 minutes) plus two ablation rows
-RECIPES = DEFAULT_RECIPES + ["int8-gptq", "int8-dyn-nosq"]
+# extras: int4-g32 sits on the parent's own Q4_1 grid (how much of int4-g64's KLD is the parent's grid),
+# int4-imatrix-g64 is RTN on an activation-weighted grid, int4-ct-g64 the classic min/max integer-zero RTN
+RECIPES = DEFAULT_RECIPES + ["int8-gptq", "int8-dyn-nosq", "int4-g32", "int4-imatrix-g64", "int4-ct-g64"]
 QUICK = ["fp32", "int8-wo", "int8-dyn", "int4-g64"]
 
 
@@ -112,6 +114,11 @@ def targets(rows: dict[str, dict], peer: dict | None, eval_tokens: int = 8192) -
     for g in (64, 128):
         k_rtn, k_gptq = r(f"int4-g{g}", "quality", "kld"), r(f"int4-gptq-g{g}", "quality", "kld")
         add(f"int4-gptq-g{g} KLD / RTN KLD", (k_gptq / k_rtn) if k_rtn and k_gptq is not None else None, "<=", 0.7)
+    for name, why in (("int4-g32", "on the parent's own Q4_1 grid"), ("int4-imatrix-g64", "activation-weighted grid"),
+                      ("int4-ct-g64", "min/max grid, integer zero point")):
+        if r(name, "quality", "kld") is not None:
+            out.append({"target": f"{name} KLD ({why}; report)", "measured": r(name, "quality", "kld"),
+                        "met": None, "fmt": ".4f"})
     for name, row in rows.items():
         if row.get("size_vs_formula_pct") is not None:
             add(f"{name} size vs size_in_format, |%|", abs(row["size_vs_formula_pct"]), "<=", 1.0, ".3f")

@@ -157,8 +157,9 @@ def expected_bytes(model, recipe: str, config, fallbacks: dict | None = None) ->
     from sizewise.size.formats import size_in_format, tensor_bytes
 
     fmt = FORMAT_OF.get(recipe)
+    int4 = "int4-ct-g" if getattr(config, "zero", "") == "int" else "int4-g"
     if fmt is None and getattr(config, "kind", "") == "int4":
-        fmt = f"int4-g{config.group_size}"
+        fmt = f"{int4}{config.group_size}"
     if fmt is None:
         return None
     try:
@@ -169,7 +170,7 @@ def expected_bytes(model, recipe: str, config, fallbacks: dict | None = None) ->
         for name, fb in fallbacks.items():
             spec = match_tensor(inv, name + ".weight")
             if spec is not None:
-                used[spec.name] = f"int4-g{fb['used']}"
+                used[spec.name] = f"{int4}{fb['used']}"
         return sum(tensor_bytes(spec, used.get(spec.name, fmt), inv.arch) for spec in inv.tensors)
     except (SizewiseError, KeyError, ValueError):
         return None
@@ -395,10 +396,11 @@ def markdown(study: dict) -> str:
               "fp32 parent and its reference stay resident throughout, so compare \"weights in RAM\" for the "
               "variant alone. `sizewise eval` reports a model's own peak RSS.", "",
               "★ = on the Pareto front of size vs Δppl. \"(source grid)\" = the recipe's int4 grid is the one the "
-              "parent's weights were already stored on (GGUF Q4_1, group 32, asymmetric). Q4_1 keeps a float "
-              "minimum per group while sizewise's int4 stores integer zero points (compressed-tensors layout), "
-              "so the row does not re-find the stored integers exactly; either way it says nothing about int4 "
-              "on a bf16-trained model.", "",
+              "parent's weights were already stored on (GGUF Q4_1, group 32, asymmetric). With a float zero "
+              "(the default) the fitted grid re-finds the stored integers, so what such a row loses is the "
+              "bf16 activations and bf16 scales, not the rounding; with an integer zero point (int4-ct-*) it "
+              "cannot place Q4_1's float minimum. Either way it says nothing about int4 on a bf16-trained "
+              "model.", "",
               "## Claimed vs measured", "",
               "The commonly quoted table (no model, machine or method given) beside this run:", "",
               "| precision | claimed compression | measured | claimed speed | measured decode b1 | claimed quality loss | measured Δppl % |",

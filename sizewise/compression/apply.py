@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from sizewise.compression import gptq as G
 from sizewise.compression import packed as P
+from sizewise.compression import quant as Q
 from sizewise.compression.recipes import (BaseConfig, DtypeConfig, Int4WeightOnlyConfig, Int8DynamicConfig,
                                           Int8StaticConfig, Int8WeightOnlyConfig, TorchDynamicConfig, recipe_name)
 
@@ -116,7 +117,7 @@ def cast_floats(model: nn.Module, dtype: torch.dtype) -> None:
 
 
 def _int4_replace(model: nn.Module, name: str, lin: nn.Linear, config: Int4WeightOnlyConfig,
-                  rec: CompressionRecord, H: torch.Tensor | None) -> None:
+                  rec: CompressionRecord, acc: G.HessianAccumulator | None) -> None:
     n, k = lin.weight.shape
     g, why = choose_group_size(k, n, config)
     if g is None:
@@ -125,11 +126,18 @@ def _int4_replace(model: nn.Module, name: str, lin: nn.Linear, config: Int4Weigh
     if g != config.group_size:
         rec.fallbacks[name] = {"requested": config.group_size, "used": g,
                                "reason": f"input dim {k} is not a multiple of {config.group_size}"}
-    if H is None:
-        new = P.Int4WeightOnlyLinear.from_float(lin, group_size=g)
+    if acc is not None and acc.H is not None:
+        q, s, z = G.gptq_quantize_weight(lin.weight, acc.H, g, config.act_order, config.damp, config.block_size,
+                                         zero=config.zero, grid=config.grid)
     else:
-        q, s, zp = G.gptq_quantize_weight(lin.weight, H, g, config.act_order, config.damp, config.block_size)
-        new = P.Int4WeightOnlyLinear(q, s, zp, g, lin.bias)
+        grid = config.grid
+        if grid == "act-mse" and acc is None:  # a target outside the decoder layers saw no calibration
+            grid = "mse"
+            rec.calibration = rec.calibration or {}
+            rec.calibration.setdefault("grid_mse_without_statistics", []).append(name)
+        q, s, z = Q.quantize_int4(lin.weight.detach(), g, config.zero, grid,
+                                  None if acc is None else acc.importance)
+    new = P.int4_linear(q, s, z, g, lin.bias)
     set_module(model, name, new)
     _record(rec, name, new)
 
@@ -147,21 +155,23 @@ class LayerQuantizer:
         self.targets = dict(target_linears(model, config))
         smooth = isinstance(config, Int8DynamicConfig) and config.smoothquant is not None
         self.sq = SmoothRecord(config.smoothquant) if smooth else None
-        self.hessian = self.sq is None  # GPTQ needs H; SmoothQuant only the input maxima
+        # GPTQ needs H; SmoothQuant only the input maxima, an activation-weighted grid only mean x^2
+        self.hessian = getattr(config, "method", "") == "gptq"
 
     def is_target(self, name: str) -> bool:
         return name in self.targets
 
-    def replace(self, name: str, H: torch.Tensor | None = None) -> None:
-        """Swap one target for its packed module; H given: GPTQ rounding, else round-to-nearest."""
+    def replace(self, name: str, acc: G.HessianAccumulator | None = None) -> None:
+        """Swap one target for its packed module; acc (its calibration statistics) with a Hessian: GPTQ
+        rounding, else round-to-nearest (on an activation-weighted grid when the recipe asks)."""
         lin, cfg = self.targets.pop(name), self.config
         if isinstance(cfg, Int4WeightOnlyConfig):
-            _int4_replace(self.model, name, lin, cfg, self.rec, H)
+            _int4_replace(self.model, name, lin, cfg, self.rec, acc)
             return
         if isinstance(cfg, Int8DynamicConfig):
             new = P.Int8DynamicLinear.from_float(lin)
-        elif H is not None:
-            q, s = G.gptq_quantize_int8(lin.weight, H, damp=cfg.damp)
+        elif acc is not None and acc.H is not None:
+            q, s = G.gptq_quantize_int8(lin.weight, acc.H, damp=cfg.damp)
             new = P.Int8WeightOnlyLinear(q, s, lin.bias)
         else:
             new = P.Int8WeightOnlyLinear.from_float(lin)
@@ -173,7 +183,7 @@ class LayerQuantizer:
             from sizewise.compression.smooth import smooth_layer
             smooth_layer(layer, {k[len(lname) + 1:]: a.absmax for k, a in accs.items()}, self.sq.alpha, lname, self.sq)
         for name, acc in accs.items():
-            self.replace(name, acc.H)
+            self.replace(name, acc)
 
     def finish(self) -> None:
         """Round-to-nearest for the targets left (all of them without calibration; those outside the
@@ -187,7 +197,10 @@ class LayerQuantizer:
         if self.sq is not None:
             return smooth_summary(self.sq)
         if isinstance(cfg, Int4WeightOnlyConfig):
-            return {"method": "gptq", "act_order": cfg.act_order, "damp": cfg.damp}
+            grid = {"grid": cfg.grid, "zero": cfg.zero}
+            if cfg.method == "rtn":
+                return {"method": "rtn", **grid, "statistic": "mean x^2 per input channel"}
+            return {"method": "gptq", "act_order": cfg.act_order, "damp": cfg.damp, **grid}
         return {"method": "gptq", "damp": cfg.damp}
 
 

@@ -8,8 +8,10 @@ Layout (DESIGN.md "Compressed checkpoint format"):
   tokenizer files      so the directory loads on its own
 
 Packed modules store what `packed_tensors()` gives under `<module>.<suffix>` (compressed-tensors
-names: weight_packed/weight_scale/weight_zero_point/weight_shape for int4, weight/weight_scale for
-int8, input_scale for static activations) and their bias as `<module>.bias`. Every other tensor is
+names: weight_packed/weight_scale/weight_zero_point/weight_shape for int4 with integer zero points,
+weight_zero (bf16) in place of weight_zero_point for the float-zero int4 layout, which compressed-tensors
+does not have and which is therefore listed under "sizewise_schemes"; weight/weight_scale for int8,
+input_scale for static activations) and their bias as `<module>.bias`. Every other tensor is
 stored as it is in the model. Tied tensors (lm_head = embed_tokens) are stored once.
 Everything is written into a temp dir and os.replace'd into place (sizewise.io.atomic.atomic_dir).
 """

@@ -26,17 +26,25 @@ from sizewise.compression import quant as Q
 
 
 class HessianAccumulator:
-    """Running H = 2/n * sum x x^T (and the per-channel max |x|, for SmoothQuant), fed by a forward
-    hook on one Linear. hessian=False keeps only the max (no K x K work)."""
+    """Running H = 2/n * sum x x^T (and the per-channel max |x|, for SmoothQuant, and sum x^2, for
+    activation-weighted int4 grids), fed by a forward hook on one Linear. hessian=False keeps only the
+    per-channel statistics (no K x K work)."""
 
     def __init__(self, k: int, hessian: bool = True) -> None:
         self.H = torch.zeros(k, k, dtype=torch.float32) if hessian else None
         self.absmax = torch.zeros(k, dtype=torch.float32)
+        self.sumsq = torch.zeros(k, dtype=torch.float32)
         self.n = 0
+
+    @property
+    def importance(self) -> torch.Tensor:
+        """Mean x^2 per input channel (what diag(H) / 2 is, without H)."""
+        return self.sumsq / max(self.n, 1)
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
         torch.maximum(self.absmax, x.abs().amax(0), out=self.absmax)
+        self.sumsq += x.pow(2).sum(0)
         m = x.shape[0]
         if self.H is None:
             self.n += m
@@ -85,36 +93,51 @@ def _gptq_columns(W: torch.Tensor, Hinv: torch.Tensor, block: int,
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
 
+def _group_params(w: torch.Tensor, group_size: int, zero: str, grid: str, importance: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) per group for GPTQ: RTN's grid rules; "act-mse" weighs columns by diag(H)."""
+    if zero == "int":
+        return Q.group_qparams_int4(w, group_size)
+    iters = 0 if grid == "minmax" else Q.FIT_ITERS
+    return Q.fit_int4_float(w, group_size, importance if grid == "act-mse" else None, iters)
+
+
 def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, group_size: int, act_order: bool = False,
-                         damp: float = 0.01, block_size: int = 128
+                         damp: float = 0.01, block_size: int = 128, zero: str = "int", grid: str = "minmax"
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """w [N, K], H [K, K] -> (q int32 [N, K] in [0,15], scale [N, K/g], zp int32 [N, K/g]): RTN's layout."""
+    """w [N, K], H [K, K] -> (q int32 [N, K] in [0,15], scale [N, K/g], zero [N, K/g]): RTN's layout for
+    the same `zero` convention (int32 zero points, or bf16 float zeros: w = (q - 8) * scale + zero)."""
     n, k = w.shape
     if k % group_size:
         raise ValueError(f"group size {group_size} does not divide input dim {k}")
     G = k // group_size
+    diag = torch.diag(H).float()
     scale = torch.zeros(n, G, dtype=Q.SCALE_DTYPE)
-    zp = torch.zeros(n, G, dtype=torch.int32)
+    zeros = torch.zeros(n, G, dtype=torch.int32 if zero == "int" else Q.SCALE_DTYPE)
     if act_order:  # static groups from the original weights, so groups stay contiguous in storage
         w0 = w.detach().float().clone()
-        w0[:, torch.diag(H) == 0] = 0.0
-        scale, zp = Q.group_qparams_int4(w0, group_size)
+        w0[:, diag == 0] = 0.0
+        scale, zeros = _group_params(w0, group_size, zero, grid, diag)
     W, Hinv, perm = _prepare(w, H, act_order, damp)
     Qint = torch.zeros(n, k, dtype=torch.int32)
 
     def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
         g = int(perm[col]) // group_size
         if not act_order and col % group_size == 0:  # group params from the *updated* weights
-            s, z = Q.group_qparams_int4(W1[:, i:i + group_size], group_size)
-            scale[:, g], zp[:, g] = s[:, 0], z[:, 0]
-        s, z = scale[:, g].float(), zp[:, g].float()
-        qcol = (torch.round(W1[:, i] / s) + z).clamp(0, 15)
+            s, z = _group_params(W1[:, i:i + group_size], group_size, zero, grid, diag[col:col + group_size])
+            scale[:, g], zeros[:, g] = s[:, 0], z[:, 0]
+        s, z = scale[:, g].float(), zeros[:, g].float()
+        if zero == "int":
+            qcol = (torch.round(W1[:, i] / s) + z).clamp(0, 15)
+            Qint[:, col] = qcol.to(torch.int32)
+            return (qcol - z) * s
+        qcol = (torch.round((W1[:, i] - z) / s) + 8).clamp(0, 15)  # float zero: (q - 8) * s + zero
         Qint[:, col] = qcol.to(torch.int32)
-        return (qcol - z) * s
+        return (qcol - 8) * s + z
 
     # blocks hold whole groups, so a group starting inside a block sees the block's updated columns
     _gptq_columns(W, Hinv, max(group_size, (block_size // group_size) * group_size), column)
-    return Qint[:, torch.argsort(perm)].contiguous(), scale, zp
+    return Qint[:, torch.argsort(perm)].contiguous(), scale, zeros
 
 
 def gptq_quantize_int8(w: torch.Tensor, H: torch.Tensor, act_order: bool = False, damp: float = 0.01,

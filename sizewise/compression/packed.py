@@ -355,6 +355,73 @@ class Int4WeightOnlyLinear(PackedLinear):
                                        self.group_size)
 
 
+class Int4FloatZeroLinear(Int4WeightOnlyLinear):
+    """int4 group-wise weights with a bf16 float zero per group: w = (q - 8) * scale + zero, the kernel's
+    own convention, so `_sz` *is* the stored (scale, zero) and the kernel computes exactly what
+    `dequantized_weight` says. Checkpoint tensors: weight_packed (as compressed-tensors), weight_scale
+    and weight_zero (bf16 [N, K/g]), weight_shape; compressed-tensors has no float-zero int4 layout,
+    so the scheme is listed under the manifest's sizewise-only schemes."""
+
+    weight_keys = ("weight_packed", "weight_scale", "weight_zero", "weight_shape")
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                 bias: torch.Tensor | None) -> None:
+        n, k = q.shape
+        PackedLinear.__init__(self, k, n, bias)
+        why = int4_supported(n, k, group_size)
+        if why:
+            raise ValueError(why)
+        self.group_size = group_size
+        self.register_buffer("weight_int4pack", int4_kernel_pack(q))
+        self.register_buffer("weight_scale", scale.to(Q.SCALE_DTYPE).contiguous())  # [N, K/g]
+        self.register_buffer("weight_zero", zero.to(Q.SCALE_DTYPE).contiguous())  # [N, K/g]
+        self.register_buffer("_sz", torch.stack([self.weight_scale, self.weight_zero], dim=-1)
+                             .transpose(0, 1).contiguous(), persistent=False)
+
+    @property
+    def scheme(self) -> str:  # type: ignore[override]
+        return f"int4-g{self.group_size}-fz"
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = 128, grid: str = "mse",
+                   importance: torch.Tensor | None = None, **options: Any) -> "Int4FloatZeroLinear":
+        q, s, z = Q.quantize_int4(linear.weight.detach(), group_size, "float", grid, importance)
+        return cls(q, s, z, group_size, linear.bias)
+
+    def packed_tensors(self) -> dict[str, torch.Tensor]:
+        return int4_float_zero_tensors(self.int_weight(), self.weight_scale, self.weight_zero)
+
+    @classmethod
+    def from_packed(cls, tensors, meta, bias):
+        n, k = (int(v) for v in tensors["weight_shape"].tolist())
+        q = Q.unpack_int32_to_int4(tensors["weight_packed"], k)
+        return cls(q, tensors["weight_scale"], tensors["weight_zero"], int(meta["group_size"]), bias)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return Q.dequantize_int4_float(self.int_weight(), self.weight_scale, self.weight_zero, self.group_size)
+
+
+def int4_float_zero_tensors(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> dict[str, torch.Tensor]:
+    n, k = q.shape
+    return {"weight_packed": Q.pack_int4_to_int32(q), "weight_scale": scale.to(Q.SCALE_DTYPE).contiguous(),
+            "weight_zero": zero.to(Q.SCALE_DTYPE).contiguous(),
+            "weight_shape": torch.tensor([n, k], dtype=torch.int64)}
+
+
+def int4_linear(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                bias: torch.Tensor | None) -> Int4WeightOnlyLinear:
+    """The module for either zero convention, told apart by the zero's dtype."""
+    cls = Int4FloatZeroLinear if zero.is_floating_point() else Int4WeightOnlyLinear
+    return cls(q, scale, zero, group_size, bias)
+
+
+def int4_tensors(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Checkpoint tensors for either zero convention (what the module's packed_tensors() writes)."""
+    if zero.is_floating_point():
+        return int4_float_zero_tensors(q, scale, zero)
+    return int4_packed_tensors(q, scale, zero)
+
+
 def _dt(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, str(dtype))
 
@@ -364,3 +431,4 @@ register_scheme("int8-dyn", Int8DynamicLinear)
 register_scheme("int8-static", Int8StaticLinear)
 for _g in (32, 64, 128, 256):
     register_scheme(f"int4-g{_g}-asym", Int4WeightOnlyLinear)
+    register_scheme(f"int4-g{_g}-fz", Int4FloatZeroLinear)

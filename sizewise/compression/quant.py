@@ -2,10 +2,16 @@
 
 Conventions used everywhere in sizewise.compression:
 - int8 weights: symmetric, one scale per output channel, q in [-127, 127], w ~= q * scale.
-- int4 weights: asymmetric round-to-nearest per group of `group_size` input columns, unsigned
-  q in [0, 15] with an integer zero point zp in [0, 15]: w ~= (q - zp) * scale.
-  Integer zero points (not gpt-fast's float "zeros") so the checkpoint matches compressed-tensors'
-  `weight_zero_point`; the CPU kernel's float zero is derived from it at load time.
+- int4 weights with an integer zero point (`zero="int"`, the int4-ct-* recipes): asymmetric
+  round-to-nearest per group of `group_size` input columns, unsigned q in [0, 15], zp in [0, 15]:
+  w ~= (q - zp) * scale, so the checkpoint matches compressed-tensors' `weight_zero_point` (what vLLM
+  loads); the CPU kernel's float zero is derived from it at load time.
+- int4 weights with a *float* zero (the recipes' default, `zero="float"`): w ~= (q - 8) * scale + zero
+  with scale and zero both bf16, which is exactly what aten's int4 CPU kernel consumes (gpt-fast's and
+  HQQ's convention; GGUF Q4_1 stores a float minimum the same way). An integer zero point can only put
+  the grid's minimum on a multiple of the scale, so it cannot reproduce a grid like Q4_1's; the float
+  zero can, and is free at run time. Its grid (scale, zero) is chosen per group by `fit_int4_float`:
+  min/max, or a (weighted) least-squares fit of the rounded values to the weights.
 - Scales are rounded *up* to their storage dtype (bf16) before quantizing, so the stored scale is the
   one the integers were computed against, the grid still spans [min, max], and |w - dequant| <= scale/2
   holds (up to fp32 rounding).
@@ -81,6 +87,102 @@ def group_dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor
     n, k = q.shape
     g = (q.reshape(n, k // group_size, group_size).float() - zp[..., None].float()) * scale.float()[..., None]
     return g.reshape(n, k)
+
+
+# --- int4 with a float zero: w ~= (q - 8) * scale + zero ---
+
+FIT_ITERS = 8  # alternating least-squares rounds; the error stops falling after about 5 on real weights
+
+
+def _bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(SCALE_DTYPE).float()
+
+
+FIT_CHUNK = 1 << 19  # elements per pass: the fit's temporaries stay in cache (6x faster than whole matrices)
+
+
+def fit_int4_float(w: torch.Tensor, group_size: int, importance: torch.Tensor | None = None,
+                   iters: int = FIT_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group (scale, zero) in SCALE_DTYPE for w [N, K]: the min/max grid, then `iters` rounds of
+    least squares (round onto the grid, refit scale and zero to the rounded values, keep the best).
+
+    `importance` [K] weights the squared error per input column; the mean of x^2 over calibration
+    activations makes it the error of the layer's output rather than of its weights (the diagonal of
+    GPTQ's Hessian; llama.cpp's importance matrix). The error is measured with the stored (bf16)
+    parameters, so the grid chosen is the grid the kernel runs. Never worse than min/max."""
+    n, k = w.shape
+    _check_group(k, group_size)
+    rows = max(1, FIT_CHUNK // k)
+    if n > rows:  # rows are independent
+        parts = [fit_int4_float(w[r:r + rows], group_size, importance, iters) for r in range(0, n, rows)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    G = w.float().reshape(n, k // group_size, group_size)
+    if importance is None:
+        W = torch.ones(1, k // group_size, group_size)
+    else:
+        imp = importance.float().clamp(min=0)
+        W = (imp / imp.mean().clamp(min=EPS) + 1e-3).reshape(1, k // group_size, group_size)
+    lo, hi = G.amin(-1, keepdim=True), G.amax(-1, keepdim=True)
+    s = round_up_scale(((hi - lo) / 15.0).clamp(min=EPS)).float()
+    z = lo + 8 * s
+    best_s = best_z = best_e = None
+    sw = W.sum(-1, keepdim=True)
+    for it in range(iters + 1):
+        sb, zb = _bf16(s).clamp(min=EPS), _bf16(z)
+        qc = (torch.round((G - zb) / sb) + 8).clamp(0, 15) - 8  # centred codes
+        e = (W * ((qc * sb + zb - G) ** 2)).sum(-1, keepdim=True)
+        if best_e is None:
+            best_s, best_z, best_e = sb, zb, e
+        else:
+            better = e < best_e
+            best_s, best_z, best_e = (torch.where(better, sb, best_s), torch.where(better, zb, best_z),
+                                      torch.where(better, e, best_e))
+        if it == iters:
+            break
+        # weighted least squares for (s, z) in  qc * s + z ~= G
+        sq, sqq = (W * qc).sum(-1, keepdim=True), (W * qc * qc).sum(-1, keepdim=True)
+        sg, sqg = (W * G).sum(-1, keepdim=True), (W * qc * G).sum(-1, keepdim=True)
+        det = sw * sqq - sq * sq
+        ok = det > EPS * sw * sw
+        s_new = torch.where(ok, (sw * sqg - sq * sg) / torch.where(ok, det, torch.ones_like(det)), sb)
+        s = torch.where(s_new > EPS, s_new, sb)
+        z = torch.where(ok, (sg - s * sq) / sw, zb)
+    return best_s[..., 0].to(SCALE_DTYPE), best_z[..., 0].to(SCALE_DTYPE)
+
+
+def quantize_int4_float_with(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Round w [N, K] onto per-group (scale, float zero) -> q int32 [N, K] in [0, 15]."""
+    n, k = w.shape
+    g = w.float().reshape(n, k // group_size, group_size)
+    q = torch.round((g - zero.float()[..., None]) / scale.float()[..., None]) + 8
+    return q.clamp(0, 15).to(torch.int32).reshape(n, k)
+
+
+def dequantize_int4_float(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    n, k = q.shape
+    g = (q.reshape(n, k // group_size, group_size).float() - 8) * scale.float()[..., None] + zero.float()[..., None]
+    return g.reshape(n, k)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int, zero: str = "float", grid: str = "mse",
+                  importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest int4 -> (q, scale, zero): zero is int32 zero points for zero="int" (min/max
+    grid, compressed-tensors layout) or bf16 float zeros for zero="float" (grid "minmax", "mse", or
+    "act-mse" with `importance`)."""
+    if zero == "int":
+        if grid != "minmax":
+            raise ValueError("an integer zero point takes the min/max grid only")
+        return group_quantize_int4(w, group_size)
+    iters = 0 if grid == "minmax" else FIT_ITERS
+    scale, z = fit_int4_float(w, group_size, importance if grid == "act-mse" else None, iters)
+    return quantize_int4_float_with(w, scale, z, group_size), scale, z
+
+
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Either convention, told apart by the zero's dtype (integer zero point or float zero)."""
+    if zero.is_floating_point():
+        return dequantize_int4_float(q, scale, zero, group_size)
+    return group_dequantize_int4(q, scale, zero.to(torch.int32), group_size)
 
 
 # --- nibble packing (compressed-tensors "pack-quantized": 8 values per int32, lowest nibble first) ---

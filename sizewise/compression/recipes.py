@@ -89,8 +89,16 @@ class Int8StaticConfig(BaseConfig):
 
 @dataclass(frozen=True)
 class Int4WeightOnlyConfig(BaseConfig):
+    """int4 group-wise weights. `zero`: "float" (bf16 zero per group, the kernel's own convention) or
+    "int" (4-bit zero point, compressed-tensors' pack-quantized layout that vLLM loads; min/max grid
+    only). `grid`: how each group's (scale, zero) is chosen: "minmax", "mse" (least squares on the
+    weights, data-free) or "act-mse" (least squares weighted by the mean x^2 of each input channel on
+    calibration text; calibrated). Rounding is to nearest either way; method "gptq" adds GPTQ's
+    error feedback."""
     group_size: int = 128
     method: str = "rtn"  # rtn | gptq
+    zero: str = "float"  # float | int
+    grid: str = "mse"  # minmax | mse | act-mse
     # When group_size does not divide a layer's input dim: fall back to the largest of these that does.
     fallback_group_sizes: tuple[int, ...] = (64, 32)
     # GPTQ
@@ -104,7 +112,7 @@ class Int4WeightOnlyConfig(BaseConfig):
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method == "gptq"
+        return self.method == "gptq" or self.grid == "act-mse"
 
 
 CONFIG_TYPES: dict[str, type[BaseConfig]] = {
@@ -125,8 +133,12 @@ RECIPES: dict[str, BaseConfig] = {
     "int4-g32": Int4WeightOnlyConfig(group_size=32),
     "int4-g64": Int4WeightOnlyConfig(group_size=64),
     "int4-g128": Int4WeightOnlyConfig(group_size=128),
-    "int4-gptq-g64": Int4WeightOnlyConfig(group_size=64, method="gptq"),
-    "int4-gptq-g128": Int4WeightOnlyConfig(group_size=128, method="gptq"),
+    "int4-gptq-g64": Int4WeightOnlyConfig(group_size=64, method="gptq", grid="act-mse"),
+    "int4-gptq-g128": Int4WeightOnlyConfig(group_size=128, method="gptq", grid="act-mse"),
+    "int4-imatrix-g64": Int4WeightOnlyConfig(group_size=64, grid="act-mse"),
+    "int4-imatrix-g128": Int4WeightOnlyConfig(group_size=128, grid="act-mse"),
+    "int4-ct-g64": Int4WeightOnlyConfig(group_size=64, zero="int", grid="minmax"),
+    "int4-ct-g128": Int4WeightOnlyConfig(group_size=128, zero="int", grid="minmax"),
 }
 
 
@@ -212,6 +224,13 @@ def validate(cfg: BaseConfig, where: str = "recipe") -> None:
     if isinstance(cfg, Int4WeightOnlyConfig):
         if cfg.method not in ("rtn", "gptq"):
             raise SizewiseError(f"{where}: method must be 'rtn' or 'gptq', got {cfg.method!r}")
+        if cfg.zero not in ("float", "int"):
+            raise SizewiseError(f"{where}: zero must be 'float' or 'int', got {cfg.zero!r}")
+        if cfg.grid not in ("minmax", "mse", "act-mse"):
+            raise SizewiseError(f"{where}: grid must be 'minmax', 'mse' or 'act-mse', got {cfg.grid!r}")
+        if cfg.zero == "int" and cfg.grid != "minmax":
+            raise SizewiseError(f"{where}: an integer zero point (zero: int) takes grid 'minmax' only, "
+                                f"got {cfg.grid!r}: use zero 'float' for a fitted grid")
         if cfg.group_size <= 0 or cfg.group_size % 8:
             raise SizewiseError(f"{where}: group_size must be a positive multiple of 8, got {cfg.group_size}")
         if not 0 < cfg.damp < 1:

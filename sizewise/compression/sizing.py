@@ -1,22 +1,23 @@
 """Bytes on disk of a compressed checkpoint next to `estimate`'s prediction for the same tensors.
 
 Each stored tensor of the manifest is priced with sizewise.size.formats.tensor_bytes in the format
-its scheme corresponds to (int4-gG-asym -> int4-gG, int8-* -> int8, float tensors -> their dtype),
+its scheme corresponds to (int4-gG-fz -> int4-gG, int4-gG-asym -> int4-ct-gG, int8-* -> int8, float
+tensors -> their dtype),
 so the policy (which tensors stay float, in which dtype, which layers fell back to a smaller group)
-is exactly the checkpoint's. formats.py prices int4 in the compressed-tensors layout this
-checkpoint uses (bf16 scales, 4-bit zero points packed 8 per int32), so "layout" == "estimate".
+is exactly the checkpoint's. formats.py prices int4 in the two layouts checkpoints use (bf16 scale +
+bf16 zero; compressed-tensors' bf16 scale + 4-bit zero point packed 8 per int32), so "layout" == "estimate".
 """
 from __future__ import annotations
 
 import re
 
-_INT4 = re.compile(r"^int4-g(\d+)-asym$")
+_INT4 = re.compile(r"^int4-g(\d+)-(asym|fz)$")
 
 
 def scheme_format(scheme: str) -> str | None:
     m = _INT4.match(scheme)
     if m:
-        return f"int4-g{m.group(1)}"
+        return f"int4-{'ct-' if m.group(2) == 'asym' else ''}g{m.group(1)}"
     if scheme in ("int8-wo", "int8-dyn", "int8-static"):
         return "int8"
     if scheme in ("fp32", "fp16", "bf16"):

@@ -59,17 +59,15 @@ def read_tensor(h) -> torch.Tensor:
     return buf.view(dt).reshape(h.shape)
 
 
-def _int4_chunked(w: torch.Tensor, g: int) -> dict[str, torch.Tensor]:
-    """Row-chunked int4 RTN: the same numbers as group_quantize_int4 on the whole matrix (rows are independent)."""
-    parts: dict[str, list[torch.Tensor]] = {"p": [], "s": [], "z": []}
+def _int4_chunked(w: torch.Tensor, g: int, config: Int4WeightOnlyConfig) -> dict[str, torch.Tensor]:
+    """Row-chunked int4 RTN: the same numbers as quantize_int4 on the whole matrix (rows are independent)."""
+    parts: dict[str, list[torch.Tensor]] = {}
     for r in range(0, w.shape[0], ROW_CHUNK):
-        q, s, zp = Q.group_quantize_int4(w[r:r + ROW_CHUNK], g)
-        t = P.int4_packed_tensors(q, s, zp)
-        parts["p"].append(t["weight_packed"])
-        parts["s"].append(t["weight_scale"])
-        parts["z"].append(t["weight_zero_point"])
-    return {"weight_packed": torch.cat(parts["p"]), "weight_scale": torch.cat(parts["s"]),
-            "weight_zero_point": torch.cat(parts["z"]),
+        q, s, z = Q.quantize_int4(w[r:r + ROW_CHUNK], g, config.zero, config.grid)
+        for key, t in P.int4_tensors(q, s, z).items():
+            if key != "weight_shape":
+                parts.setdefault(key, []).append(t)
+    return {**{k: torch.cat(v) for k, v in parts.items()},
             "weight_shape": torch.tensor(list(w.shape), dtype=torch.int64)}
 
 
@@ -216,8 +214,9 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
                     if g != config.group_size:
                         fallbacks[mod] = {"requested": config.group_size, "used": g,
                                           "reason": f"input dim {k} is not a multiple of {config.group_size}"}
-                    parts = _int4_chunked(t, g)
-                    scheme, meta = f"int4-g{g}-asym", {"in_features": k, "out_features": n, "group_size": g}
+                    parts = _int4_chunked(t, g, config)
+                    scheme = f"int4-g{g}-{'asym' if config.zero == 'int' else 'fz'}"
+                    meta = {"in_features": k, "out_features": n, "group_size": g}
                     kernel = "aten._weight_int4pack_mm_for_cpu(bf16)"
                 else:
                     parts = _int8_chunked(t)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 
 # Tensors that hold quantization scales / zero points, not parameters (DeepSeek-V3 fp8 block
-# scales, compressed-tensors and GPTQ/AWQ packing). Counted separately by inspect.
+# scales, compressed-tensors and GPTQ/AWQ packing, sizewise's float-zero int4). Counted separately by inspect.
 _SCALE_SUFFIXES = (
-    "weight_scale_inv", "weight_scale", "input_scale", "weight_zero_point", "weight_g_idx",
+    "weight_scale_inv", "weight_scale", "input_scale", "weight_zero_point", "weight_zero", "weight_g_idx",
     "scales", "zeros", "qzeros", "g_idx", "weight_global_scale", "input_global_scale", "weight_shape",
 )
 # Persistent-looking buffers some old checkpoints store that no model counts as parameters.

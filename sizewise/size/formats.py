@@ -118,11 +118,19 @@ FORMATS: dict[str, StorageFormat] = {f.name: f for f in (
     _fmt("int8", "int-row", "int8 per output channel + one fp16 scale per row", 8, scale_bytes=2,
          notes=("scale dtype fp16 (2 B/row); an fp32 scale adds 2 B/row, <0.1% for rows of 4096",)),
     *(_fmt(f"int4-g{g}", "int-group",
-           f"int4 asymmetric, groups of {g}: packed nibbles + bf16 scale + 4-bit zero per group", 4,
+           f"int4 asymmetric, groups of {g}: packed nibbles + bf16 scale + bf16 zero per group", 4,
+           group=g, scale_bytes=2, zero_bytes=2,
+           notes=("the gpt-fast / torchao / aten int4 CPU kernel layout, as `sizewise compress --recipe "
+                  f"int4-g{g}` writes it: weight_packed (int32, 8 nibbles), weight_scale and weight_zero "
+                  "(bf16, one each per group; w = (q - 8) * scale + zero)",
+                  "a row length not divisible by the group is zero-padded to whole groups"))
+      for g in (32, 64, 128)),
+    *(_fmt(f"int4-ct-g{g}", "int-group",
+           f"int4 asymmetric, groups of {g}: packed nibbles + bf16 scale + 4-bit zero point per group", 4,
            group=g, scale_bytes=2, zero_bytes=0.5,
-           notes=("compressed-tensors layout, as `sizewise compress` writes it: weight_packed (int32, 8 "
-                  "nibbles), weight_scale (bf16), weight_zero_point (4-bit, packed 8 per int32 along the "
-                  "output dim); the float zero aten's int4 CPU kernel wants is derived at load time",
+           notes=("compressed-tensors pack-quantized layout (what vLLM loads), as `sizewise compress --recipe "
+                  f"int4-ct-g{g}` writes it: weight_packed (int32, 8 nibbles), weight_scale (bf16), "
+                  "weight_zero_point (4-bit, packed 8 per int32 along the output dim)",
                   "a row length not divisible by the group is zero-padded to whole groups"))
       for g in (32, 64, 128)),
     _fmt("nf4", "nf4", "bitsandbytes NF4: 4 bit + one fp32 absmax per 64-element block", 4,

@@ -22,8 +22,9 @@ def base():
 
 
 @pytest.mark.parametrize("name,cls", [("int8-wo", P.Int8WeightOnlyLinear), ("int8-dyn", P.Int8DynamicLinear),
-                                      ("int8-static", P.Int8StaticLinear), ("int4-g64", P.Int4WeightOnlyLinear),
-                                      ("int4-gptq-g128", P.Int4WeightOnlyLinear)])
+                                      ("int8-static", P.Int8StaticLinear), ("int4-g64", P.Int4FloatZeroLinear),
+                                      ("int4-gptq-g128", P.Int4FloatZeroLinear), ("int4-ct-g64", P.Int4WeightOnlyLinear),
+                                      ("int4-imatrix-g64", P.Int4FloatZeroLinear)])
 def test_targets_decoder_linears_only_and_stays_close(base, name, cls):
     m = copy.deepcopy(base)
     ids = tokens(2, 48)

@@ -22,9 +22,11 @@ def base():
     return tiny_llama(seed=4, hidden=192, inter=512, tied=True)
 
 
-@pytest.mark.parametrize("cfg", [RECIPES["int4-g128"], RECIPES["int8-wo"], RECIPES["int8-dyn"],
-                                 Int8StaticConfig(strategy="channel"), RECIPES["bf16"]],
-                         ids=["int4-g128", "int8-wo", "int8-dyn", "int8-static-channel", "bf16"])
+@pytest.mark.parametrize("cfg", [RECIPES["int4-g128"], RECIPES["int4-ct-g64"], RECIPES["int4-imatrix-g64"],
+                                 RECIPES["int8-wo"], RECIPES["int8-dyn"], Int8StaticConfig(strategy="channel"),
+                                 RECIPES["bf16"]],
+                         ids=["int4-g128", "int4-ct-g64", "int4-imatrix-g64", "int8-wo", "int8-dyn",
+                              "int8-static-channel", "bf16"])
 def test_reload_gives_bit_identical_logits(base, tmp_path, cfg):
     m = compress(copy.deepcopy(base), cfg, calib_tokens=tokens(2, 32, seed=9))
     ids = tokens(2, 40)
@@ -45,14 +47,14 @@ def test_reload_gives_bit_identical_logits(base, tmp_path, cfg):
 def test_manifest_and_config(base, tmp_path):
     src = tmp_path / "parent.bin"
     src.write_bytes(b"parent weights")
-    m = compress(copy.deepcopy(base), RECIPES["int4-g128"])
+    m = compress(copy.deepcopy(base), RECIPES["int4-ct-g128"])  # compressed-tensors layout
     save_compressed(m, None, tmp_path / "out", None, src, metrics={"ppl": 1.5})
     man = json.loads((tmp_path / "out" / "sizewise.json").read_text())
     assert man["format"] == 1
     assert man["parent"]["sha256"] == hashlib.sha256(b"parent weights").hexdigest()
     assert set(man["versions"]) == {"sizewise", "torch", "transformers"}
     assert man["created"].endswith("+00:00") and man["metrics"] == {"ppl": 1.5}
-    assert man["recipe"]["group_size"] == 128 and man["recipe_name"] == "int4-g128"
+    assert man["recipe"]["group_size"] == 128 and man["recipe_name"] == "int4-ct-g128"
     t = man["tensors"]["model.layers.0.mlp.down_proj.weight"]
     assert t == {"scheme": "int4-g128-asym", "shape": [192, 512]}
     assert man["tensors"]["model.layers.0.self_attn.q_proj.weight"]["scheme"] == "int4-g64-asym"
@@ -69,6 +71,23 @@ def test_manifest_and_config(base, tmp_path):
     os.umask(umask)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask  # not the temp dir's 0700
     assert (tmp_path / "out" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_float_zero_checkpoint_is_listed_as_a_sizewise_scheme(base, tmp_path):
+    """The default int4 layout (bf16 zero per group) has no compressed-tensors equivalent: it must not
+    be announced as pack-quantized, or vLLM would read weight_zero as a 4-bit zero point."""
+    from safetensors import safe_open
+
+    m = compress(copy.deepcopy(base), RECIPES["int4-g128"])
+    save_compressed(m, None, tmp_path / "out", None, None)
+    man = json.loads((tmp_path / "out" / "sizewise.json").read_text())
+    assert man["tensors"]["model.layers.0.mlp.down_proj.weight"]["scheme"] == "int4-g128-fz"
+    qc = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert qc["config_groups"] == {} and "model.layers.0.mlp.down_proj" in qc["sizewise_schemes"]["int4-g128-fz"]
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        z = f.get_tensor("model.layers.0.mlp.down_proj.weight_zero")
+        assert z.dtype == torch.bfloat16 and tuple(z.shape) == (192, 512 // 128)
+        assert "model.layers.0.mlp.down_proj.weight_zero_point" not in f.keys()
 
 
 def test_existing_out_refused_unless_force(base, tmp_path):

@@ -40,7 +40,7 @@ def test_streaming_compress_reports_size_next_to_estimate(tiny_hf_dir, tmp_path)
     assert r.exit_code == 0, r.output
     s = json.loads(r.output)
     assert s["streamed"] is True
-    assert s["schemes"] == {"int4-g64-asym": 12, "int4-g128-asym": 2}  # hidden 192 falls back, down_proj keeps g128
+    assert s["schemes"] == {"int4-g64-fz": 12, "int4-g128-fz": 2}  # hidden 192 falls back, down_proj keeps g128
     assert abs(s["data_vs_layout_estimate"]) < 0.001  # same tensors, same bytes; headers excluded
     assert s["estimate_bytes"] == s["estimate_layout_bytes"]  # formats.py prices the layout we write
     assert (tmp_path / "o" / "sizewise.json").is_file()
@@ -77,7 +77,7 @@ def test_recipe_file(tiny_hf_dir, tmp_path):
     r = run(tiny_hf_dir, "--recipe", f, "--out", tmp_path / "o", "--json")
     assert r.exit_code == 0, r.output
     s = json.loads(r.output)
-    assert s["schemes"] == {"int4-g64-asym": 12}
+    assert s["schemes"] == {"int4-g64-fz": 12}
 
 
 @pytest.mark.parametrize("recipe", ["int4-g64", "int8-static"])  # streaming and in-memory paths

@@ -38,6 +38,25 @@ def test_gptq_beats_rtn_on_layer_output(g, act_order):
 
 
 @pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_float_zero_fitted_grid_beats_rtn_with_the_same_grid(act_order):
+    """The recipes' default: float zeros, grids fitted with diag(H) as column weights, in GPTQ and in
+    RTN alike; GPTQ's error feedback still pays on top of the better grid."""
+    torch.manual_seed(5)
+    w = torch.randn(64, 256)
+    x = _correlated_inputs(seed=3) * (torch.rand(256) * 3 + 0.2)  # uneven channel scales
+    acc = HessianAccumulator(256)
+    acc.add(x)
+    assert torch.allclose(acc.importance, x.pow(2).mean(0), rtol=1e-4)
+    q, s, z = gptq_quantize_weight(w, acc.H, 64, act_order=act_order, zero="float", grid="act-mse")
+    assert z.dtype == torch.bfloat16 and s.shape == z.shape == (64, 4)
+    qr, sr, zr = Q.quantize_int4(w, 64, "float", "act-mse", acc.importance)
+    err = lambda qq, ss, zz: float((x @ (w - Q.dequantize_int4(qq, ss, zz, 64)).t()).pow(2).mean())
+    qm, sm, zm = Q.quantize_int4(w, 64, "float", "minmax")
+    assert err(qr, sr, zr) < err(qm, sm, zm)  # the activation-weighted grid beats min/max for RTN
+    assert err(q, s, z) < 0.7 * err(qr, sr, zr), (err(q, s, z), err(qr, sr, zr))
+
+
+@pytest.mark.parametrize("act_order", [False, True])
 def test_gptq_int8_beats_per_channel_rtn_on_layer_output(act_order):
     """Same per-channel int8 grid and scale as RTN; only the rounding differs, and it pays."""
     torch.manual_seed(4)

@@ -23,7 +23,9 @@ def _bf16_bound(x, w):
 
 
 @pytest.mark.parametrize("cls,kw", [(P.Int8WeightOnlyLinear, {}), (P.Int4WeightOnlyLinear, {"group_size": 64}),
-                                    (P.Int4WeightOnlyLinear, {"group_size": 32})])
+                                    (P.Int4WeightOnlyLinear, {"group_size": 32}),
+                                    (P.Int4FloatZeroLinear, {"group_size": 64}),
+                                    (P.Int4FloatZeroLinear, {"group_size": 32, "grid": "minmax"})])
 @pytest.mark.parametrize("m", [1, 7, 33])
 def test_weight_only_matches_dequantized_reference(cls, kw, m):
     lin = _lin()
@@ -81,6 +83,7 @@ def test_int8_static_close_to_float(strategy):
     lambda l: P.Int8DynamicLinear.from_float(l),
     lambda l: P.Int8StaticLinear.from_float(l, input_absmax=torch.rand(256) + 0.5),
     lambda l: P.Int4WeightOnlyLinear.from_float(l, group_size=128),
+    lambda l: P.Int4FloatZeroLinear.from_float(l, group_size=64),
 ])
 def test_packed_roundtrip_is_bit_identical(make):
     lin = _lin(seed=3)

@@ -35,6 +35,35 @@ def test_int4_group_error_within_half_a_step(g):
     assert (Q.group_dequantize_int4(zp.repeat_interleave(g, 1), s, zp, g) == 0).all()
 
 
+def test_float_zero_fit_reproduces_a_q4_1_like_grid_exactly():
+    """Weights that already sit on a 16-level grid with a float minimum per group of 32 (GGUF Q4_1)
+    are reproduced exactly by the float-zero fit; an integer zero point cannot place the minimum."""
+    torch.manual_seed(1)
+    n, k, g = 32, 128, 32
+    s = (torch.rand(n, k // g) * 0.02 + 0.005).to(torch.bfloat16)
+    z = (torch.randn(n, k // g) * 0.05).to(torch.bfloat16)
+    q = torch.randint(0, 16, (n, k))
+    q[:, ::g], q[:, 1::g] = 0, 15  # every group uses both ends of its grid
+    w = Q.dequantize_int4_float(q, s, z, g)
+    q2, s2, z2 = Q.quantize_int4(w, g, "float", "mse")
+    assert torch.equal(Q.dequantize_int4_float(q2, s2, z2, g), w)
+    qi, si, zi = Q.quantize_int4(w, g, "int", "minmax")
+    assert (Q.group_dequantize_int4(qi, si, zi, g) - w).abs().max() > 1e-4
+
+
+def test_fitted_grids_beat_min_max_on_their_own_objective():
+    torch.manual_seed(2)
+    w = torch.randn(64, 256) * (torch.rand(1, 256) + 0.5)
+    imp = torch.rand(256) ** 4 * 100  # a few input channels matter much more than the rest
+    err = {}
+    for grid in ("minmax", "mse", "act-mse"):
+        q, s, z = Q.quantize_int4(w, 64, "float", grid, imp)
+        d2 = (Q.dequantize_int4(q, s, z, 64) - w) ** 2
+        err[grid] = (d2.sum().item(), (d2 * imp).sum().item())
+    assert err["mse"][0] < 0.95 * err["minmax"][0]  # least squares on the weights
+    assert err["act-mse"][1] < 0.95 * err["mse"][1]  # least squares on what the layer's output sees
+
+
 def test_int4_group_must_divide():
     with pytest.raises(ValueError):
         Q.group_quantize_int4(torch.randn(16, 96), 64)

@@ -15,7 +15,9 @@ NAMES = ["fp32", "fp16", "bf16", "torch-dynamic", "int8-wo", "int8-dyn", "int8-s
 
 def test_all_issue_recipes_exist():
     assert set(NAMES) <= set(RECIPES)
-    assert RECIPES["int4-gptq-g128"] == Int4WeightOnlyConfig(group_size=128, method="gptq")
+    assert RECIPES["int4-gptq-g128"] == Int4WeightOnlyConfig(group_size=128, method="gptq", grid="act-mse")
+    assert RECIPES["int4-ct-g64"].zero == "int" and RECIPES["int4-ct-g64"].grid == "minmax"
+    assert RECIPES["int4-imatrix-g64"].needs_calibration and RECIPES["int4-imatrix-g64"].method == "rtn"
     assert RECIPES["int4-gptq-g64"].needs_calibration and not RECIPES["int4-g64"].needs_calibration
 
 
@@ -46,6 +48,9 @@ def test_recipe_files_json_and_yaml(tmp_path):
     {"kind": "int4", "group_size": 30},
     {"group_size": 64},  # no base/kind
     {"base": "int8-wo", "include": "("},  # bad regex
+    {"base": "int4-g64", "zero": "fp8"},
+    {"base": "int4-g64", "grid": "hqq"},
+    {"base": "int4-g64", "zero": "int", "grid": "mse"},  # an integer zero point takes min/max only
 ])
 def test_bad_recipe_files_are_user_errors(tmp_path, body):
     p = tmp_path / "bad.json"

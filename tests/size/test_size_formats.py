@@ -15,24 +15,29 @@ def ggml(name: str) -> tuple[int, int]:
 
 
 def test_int4_g128_one_matrix_by_hand():
-    # 4096x4096: nibbles = n/2 bytes; 32 groups per row, each with a bf16 scale and a 4-bit zero
+    # 4096x4096: nibbles = n/2 bytes; 32 groups per row, each with a bf16 scale and a bf16 zero
     s = size_in_format(one_matrix(4096, 4096), "int4-g128")
-    assert s.bytes == 4096 * 4096 // 2 + 4096 * 32 * (2 + 0.5)
+    assert s.bytes == 4096 * 4096 // 2 + 4096 * 32 * (2 + 2)
     assert s.quantized_params == 4096 * 4096 and s.kept_params == 0
-    assert s.bits_per_quantized_weight == pytest.approx(4 + 20 / 128)
+    assert s.bits_per_quantized_weight == pytest.approx(4 + 32 / 128)
+    # compressed-tensors layout: the zero is a 4-bit zero point
+    ct = size_in_format(one_matrix(4096, 4096), "int4-ct-g128")
+    assert ct.bytes == 4096 * 4096 // 2 + 4096 * 32 * (2 + 0.5)
+    assert ct.bits_per_quantized_weight == pytest.approx(4 + 20 / 128)
 
 
 @pytest.mark.parametrize("g", [32, 64, 128])
 def test_int4_group_sizes_bits(g):
-    s = size_in_format(one_matrix(512, 1024), f"int4-g{g}")
-    assert s.bits_per_quantized_weight == pytest.approx(4 + 20 / g)
+    assert size_in_format(one_matrix(512, 1024), f"int4-g{g}").bits_per_quantized_weight == pytest.approx(4 + 32 / g)
+    assert size_in_format(one_matrix(512, 1024), f"int4-ct-g{g}").bits_per_quantized_weight == pytest.approx(4 + 20 / g)
 
 
 def test_int4_pads_rows_to_whole_groups():
-    # 4100 columns -> 33 groups of 128 (last one padded): payload 33*128/2 bytes per row,
-    # a bf16 scale per group per row, zero points packed 8 rows per int32 (10 rows -> 2 int32s)
-    s = size_in_format(one_matrix(10, 4100), "int4-g128")
-    assert s.bytes == 10 * (33 * 64 + 33 * 2) + 2 * 4 * 33
+    # 4100 columns -> 33 groups of 128 (last one padded): payload 33*128/2 bytes per row, a bf16
+    # scale and a bf16 zero per group per row
+    assert size_in_format(one_matrix(10, 4100), "int4-g128").bytes == 10 * (33 * 64 + 33 * 4)
+    # compressed-tensors: zero points packed 8 rows per int32 (10 rows -> 2 int32s)
+    assert size_in_format(one_matrix(10, 4100), "int4-ct-g128").bytes == 10 * (33 * 64 + 33 * 2) + 2 * 4 * 33
 
 
 def test_fp8_block_scales_deepseek_layout():
@@ -86,8 +91,8 @@ def test_keep_kinds_override_quantizes_embedding():
     default = size_in_format(inv, "int4-g64")
     more = size_in_format(inv, "int4-g64", keep_kinds=("norm",))
     emb = 1024 * 256
-    # embedding + head move from 2 bytes to nibbles + a bf16 scale per 64 + 4-bit zeros (8 rows per int32)
-    int4 = emb // 2 + emb // 64 * 2 + (1024 // 8) * 4 * (256 // 64)
+    # embedding + head move from 2 bytes to nibbles + a bf16 scale and a bf16 zero per 64
+    int4 = emb // 2 + emb // 64 * 4
     assert default.bytes - more.bytes == 2 * (emb * 2 - int4)
     with pytest.raises(SizewiseError):
         size_in_format(inv, "int8", keep_kinds=("weights",))
@@ -164,7 +169,7 @@ def test_high_precision_fp32_model():
     lin = [t for t in inv.tensors if t.kind == "linear"]
     assert s.bytes == 4 * kept + sum(t.total + 2 * t.shape[0] * t.copies for t in lin)
     g = size_in_format(one_matrix(64, 256), "int4-g128", high_precision="fp32")
-    assert g.bytes == 64 * 256 // 2 + 64 * 2 * 2 + (64 // 8) * 4 * 2
+    assert g.bytes == 64 * 256 // 2 + 64 * 2 * (2 + 2)
     assert size_in_format(inv, "q8_0", high_precision="fp32").bytes == size_in_format(inv, "q8_0").bytes
     with pytest.raises(SizewiseError):
         size_in_format(inv, "int8", high_precision="fp64")
