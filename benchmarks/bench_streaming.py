@@ -167,7 +167,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "note": "2 shared CPU cores, other jobs running: times are noisy; rerun on a quiet machine",
+        "note": "2 CPU cores; seconds vary with whatever else runs on the machine, peak RSS does not",
         "checkpoint": {"layers": args.layers, "params": params, "bytes": src_bytes, "gb": src_bytes / 1e9,
                        "gib": src_bytes / 2**30, "write_seconds": round(write_s, 1)},
         "compress": {**comp, "peak_rss_gb": comp["peak_rss"] / 1e9, "peak_rss_gib": comp["peak_rss"] / 2**30,

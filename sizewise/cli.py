@@ -114,7 +114,8 @@ def hardware_list(json_out: bool = typer.Option(False, "--json")) -> None:
 def compress(
     model: str = typer.Argument(..., help="HF directory, .gguf file, or 'bundled'."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Required unless --prune (then default fp16 values): fp32 fp16 bf16 torch-dynamic int8-wo int8-dyn int8-static "
-                               "int4-g32 int4-g64 int4-g128 int4-gptq-g64 int4-gptq-g128, or a .json/.yaml file."),
+                               "int4-g32 int4-g64 int4-g128 int4-gptq-g64 int4-gptq-g128 int4-imatrix-g64 int4-imatrix-g128 "
+                               "int4-ct-g32 int4-ct-g64 int4-ct-g128 (compressed-tensors int zero points), or a .json/.yaml file."),
     out: str = typer.Option(..., "--out", help="Output directory (refused if it exists, unless --force)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
     calib_file: Optional[str] = typer.Option(None, "--calib-file", help="Calibration text (default: corpus after token 16384)."),

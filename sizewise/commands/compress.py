@@ -81,7 +81,7 @@ def compress_command(model: str, recipe: str | None, out: str, force: bool = Fal
     use_stream = is_hf_dir and streamable(cfg) and not prune_opts if stream is None else stream
     if use_stream and not (is_hf_dir and streamable(cfg)):
         raise SizewiseError("--stream needs an HF safetensors directory and a recipe that streams "
-                            "(fp16, bf16, int8-wo, int8-gptq, int8-dyn[-nosq], int4-gN, int4-gptq-gN)")
+                            "(fp16, bf16, int8-wo, int8-gptq, int8-dyn[-nosq], int4-gN, int4-gptq-gN, int4-imatrix-gN, int4-ct-gN)")
     if use_stream:
         calib = None
         if cfg.needs_calibration:  # GPTQ streams layer by layer; it still needs the tokenizer for calibration

@@ -91,7 +91,9 @@ def group_dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor
 
 # --- int4 with a float zero: w ~= (q - 8) * scale + zero ---
 
-FIT_ITERS = 8  # alternating least-squares rounds; the error stops falling after about 5 on real weights
+# alternating least-squares rounds. Bundled model, three g64 layers: squared error 526 (min/max), 421
+# after 4 rounds, 416 after 6, 415.3 after 8, 415.2 after 12
+FIT_ITERS = 8
 
 
 def _bf16(x: torch.Tensor) -> torch.Tensor:

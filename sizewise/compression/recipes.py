@@ -137,6 +137,7 @@ RECIPES: dict[str, BaseConfig] = {
     "int4-gptq-g128": Int4WeightOnlyConfig(group_size=128, method="gptq", grid="act-mse"),
     "int4-imatrix-g64": Int4WeightOnlyConfig(group_size=64, grid="act-mse"),
     "int4-imatrix-g128": Int4WeightOnlyConfig(group_size=128, grid="act-mse"),
+    "int4-ct-g32": Int4WeightOnlyConfig(group_size=32, zero="int", grid="minmax"),
     "int4-ct-g64": Int4WeightOnlyConfig(group_size=64, zero="int", grid="minmax"),
     "int4-ct-g128": Int4WeightOnlyConfig(group_size=128, zero="int", grid="minmax"),
 }

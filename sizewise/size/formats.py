@@ -108,6 +108,22 @@ def _fmt(name, family, desc, bits, **kw) -> StorageFormat:
     return StorageFormat(name=name, family=family, description=desc, bits=bits, **kw)
 
 
+def _int4_fmt(g: int, ct: bool) -> StorageFormat:
+    """int4-gG: bf16 scale + bf16 float zero per group (aten / gpt-fast layout); int4-ct-gG: bf16 scale +
+    4-bit integer zero point (compressed-tensors pack-quantized, what vLLM loads)."""
+    name = f"int4-{'ct-' if ct else ''}g{g}"
+    zero = "4-bit zero point" if ct else "bf16 zero"
+    layout = (f"compressed-tensors pack-quantized layout (what vLLM loads), as `sizewise compress --recipe {name}` "
+              "writes it: weight_packed (int32, 8 nibbles), weight_scale (bf16), weight_zero_point (4-bit, "
+              "packed 8 per int32 along the output dim)") if ct else (
+              f"the gpt-fast / torchao / aten int4 CPU kernel layout, as `sizewise compress --recipe {name}` "
+              "writes it: weight_packed (int32, 8 nibbles), weight_scale and weight_zero (bf16, one each per "
+              "group; w = (q - 8) * scale + zero)")
+    return _fmt(name, "int-group", f"int4 asymmetric, groups of {g}: packed nibbles + bf16 scale + {zero} per group",
+                4, group=g, scale_bytes=2, zero_bytes=0.5 if ct else 2,
+                notes=(layout, "a row length not divisible by the group is zero-padded to whole groups"))
+
+
 FORMATS: dict[str, StorageFormat] = {f.name: f for f in (
     _fmt("fp32", "float", "IEEE float32, everything", 32, keep_kinds=KEEP_FLOAT, high_precision="fp32"),
     _fmt("fp16", "float", "IEEE float16, everything", 16, keep_kinds=KEEP_FLOAT, high_precision="fp16"),
@@ -117,22 +133,7 @@ FORMATS: dict[str, StorageFormat] = {f.name: f for f in (
          notes=("as DeepSeek-V3/R1 ship: the MTP layer's eh_proj stays bf16",)),
     _fmt("int8", "int-row", "int8 per output channel + one fp16 scale per row", 8, scale_bytes=2,
          notes=("scale dtype fp16 (2 B/row); an fp32 scale adds 2 B/row, <0.1% for rows of 4096",)),
-    *(_fmt(f"int4-g{g}", "int-group",
-           f"int4 asymmetric, groups of {g}: packed nibbles + bf16 scale + bf16 zero per group", 4,
-           group=g, scale_bytes=2, zero_bytes=2,
-           notes=("the gpt-fast / torchao / aten int4 CPU kernel layout, as `sizewise compress --recipe "
-                  f"int4-g{g}` writes it: weight_packed (int32, 8 nibbles), weight_scale and weight_zero "
-                  "(bf16, one each per group; w = (q - 8) * scale + zero)",
-                  "a row length not divisible by the group is zero-padded to whole groups"))
-      for g in (32, 64, 128)),
-    *(_fmt(f"int4-ct-g{g}", "int-group",
-           f"int4 asymmetric, groups of {g}: packed nibbles + bf16 scale + 4-bit zero point per group", 4,
-           group=g, scale_bytes=2, zero_bytes=0.5,
-           notes=("compressed-tensors pack-quantized layout (what vLLM loads), as `sizewise compress --recipe "
-                  f"int4-ct-g{g}` writes it: weight_packed (int32, 8 nibbles), weight_scale (bf16), "
-                  "weight_zero_point (4-bit, packed 8 per int32 along the output dim)",
-                  "a row length not divisible by the group is zero-padded to whole groups"))
-      for g in (32, 64, 128)),
+    *(_int4_fmt(g, ct) for ct in (False, True) for g in (32, 64, 128)),
     _fmt("nf4", "nf4", "bitsandbytes NF4: 4 bit + one fp32 absmax per 64-element block", 4,
          notes=("blocks run over the flattened tensor; the last one is padded",)),
     _fmt("nf4-dq", "nf4", "bitsandbytes NF4 with double quantization (8-bit absmax)", 4, double_quant=True,

@@ -21,7 +21,7 @@ def assert_same_tensors(d1, d2) -> None:
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("name", ["int4-g128", "int8-dyn-nosq", "fp16"])
+@pytest.mark.parametrize("name", ["int4-g128", "int4-ct-g64", "int8-dyn-nosq", "fp16"])
 def test_streaming_equals_in_memory(tiny_hf_dir, tmp_path, name):
     assert len(list(tiny_hf_dir.glob("*.safetensors"))) > 1  # really sharded
     man = compress_checkpoint_streaming(tiny_hf_dir, tmp_path / "s", RECIPES[name], shard_bytes=150_000)
@@ -56,7 +56,7 @@ def test_streaming_truncated_shard_is_a_user_error(tiny_hf_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no temp dir left behind
 
 
-@pytest.mark.parametrize("name", ["int4-gptq-g64", "int8-dyn", "int8-gptq"])
+@pytest.mark.parametrize("name", ["int4-gptq-g64", "int4-imatrix-g64", "int8-dyn", "int8-gptq"])
 def test_sequential_streaming_layer_by_layer_equals_in_memory(tiny_hf_dir, tmp_path, name):
     """GPTQ and SmoothQuant + W8A8 calibrate layer by layer: streamed from disk == in memory, byte for byte."""
     calib = tokens(3, 32, seed=11)
