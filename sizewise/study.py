@@ -164,14 +164,16 @@ def expected_bytes(model, recipe: str, config, fallbacks: dict | None = None) ->
         return None
     try:
         inv = inventory_from_config(model.config.to_dict())
-        if not fallbacks:
+        int8_table = getattr(config, "embed", "bf16") == "int8"  # token table as int8 rows (token_table.py)
+        if not fallbacks and not int8_table:
             return size_in_format(inv, fmt).bytes
         used = {}
-        for name, fb in fallbacks.items():
+        for name, fb in (fallbacks or {}).items():
             spec = match_tensor(inv, name + ".weight")
             if spec is not None:
                 used[spec.name] = f"{int4}{fb['used']}"
-        return sum(tensor_bytes(spec, used.get(spec.name, fmt), inv.arch) for spec in inv.tensors)
+        return sum(tensor_bytes(spec, "int8", inv.arch, keep_kinds=()) if int8_table and spec.kind in ("embedding", "lm_head")
+                   else tensor_bytes(spec, used.get(spec.name, fmt), inv.arch) for spec in inv.tensors)
     except (SizewiseError, KeyError, ValueError):
         return None
 

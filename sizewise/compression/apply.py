@@ -84,6 +84,10 @@ def compress(model: nn.Module, config: BaseConfig, calib_tokens: torch.Tensor | 
                 G.run_sequential(model, calib_tokens, lq.is_target, lq.quantize_layer, progress, hessian=lq.hessian)
                 rec.calibration = {**(rec.calibration or {}), **lq.facts()}
             lq.finish()  # RTN for every target not quantized above
+            if getattr(config, "embed", "bf16") == "int8":
+                from sizewise.compression.token_table import quantize_token_table
+                for name, mod in quantize_token_table(model).items():
+                    _record(rec, name, mod)
             if getattr(config, "stream", "bf16") == "fp32":
                 from sizewise.compression.precision import apply_stream
                 apply_stream(model, "fp32")  # kept tensors stored bf16, computed around the kernels in fp32

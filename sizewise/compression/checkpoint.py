@@ -113,8 +113,12 @@ def collect_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
     out: dict[str, torch.Tensor] = {}
     modules: dict[str, dict] = {}
     manifest: dict[str, dict] = {}
+    aliases: dict[str, str] = {}
     for name, mod in packs.items():
         modules[name] = {"scheme": mod.scheme, "kernel": mod.kernel, "meta": mod.packed_meta()}
+        if getattr(mod, "tied_to", None):  # a head that is the embedding's int8 table: stored once
+            aliases[f"{name}.weight"] = f"{mod.tied_to}.weight"
+            continue
         for suffix, t in mod.packed_tensors().items():
             out[f"{name}.{suffix}"] = t.contiguous()
         if mod.bias is not None:
@@ -122,7 +126,6 @@ def collect_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
             manifest[f"{name}.bias"] = {"scheme": dtype_name(mod.bias.dtype), "shape": list(mod.bias.shape)}
         manifest[f"{name}.weight"] = {"scheme": mod.scheme, "shape": [mod.out_features, mod.in_features]}
     seen: dict[tuple, str] = {}
-    aliases: dict[str, str] = {}
     for key, t in model.state_dict(keep_vars=False).items():
         if any(key.startswith(n + ".") for n in packs):
             continue
@@ -310,6 +313,7 @@ def load_compressed(d: str | Path) -> tuple[nn.Module, Any, dict]:
     from sizewise.compression.apply import set_module
     import sizewise.compression.share  # noqa: F401  (registers the shared-mask scheme)
     import sizewise.compression.sparse  # noqa: F401  (registers the sparse schemes)
+    from sizewise.compression.token_table import retie  # (also registers the int8 token-table schemes)
 
     d = Path(d)
     manifest = read_manifest(d)
@@ -334,8 +338,10 @@ def load_compressed(d: str | Path) -> tuple[nn.Module, Any, dict]:
     result = model.load_state_dict(tensors, strict=False, assign=True)
     if result.unexpected_keys:
         raise SizewiseError(f"{d}: tensors the model does not have: {', '.join(result.unexpected_keys[:3])}")
-    if getattr(model.config, "tie_word_embeddings", False):
+    if getattr(model.config, "tie_word_embeddings", False) and not any(
+            m.get("meta", {}).get("tied_to") for m in manifest.get("modules", {}).values()):
         model.tie_weights()
+    retie(model)
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise SizewiseError(f"{d}: the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[0]}: compress again")

@@ -108,6 +108,9 @@ class Int4WeightOnlyConfig(BaseConfig):
     calib_samples: int = 16
     calib_seq_len: int = 256
     stream: str = "bf16"  # precision around the kernels (compression/precision.py): bf16 | fp32
+    # the token table (input embedding + tied lm_head): "bf16" as the policy says, or "int8" rows with a
+    # bf16 scale per row (compression/token_table.py)
+    embed: str = "bf16"
     kind: str = field(default="int4", init=False)
 
     @property
@@ -137,6 +140,8 @@ RECIPES: dict[str, BaseConfig] = {
     "int4-gptq-g128": Int4WeightOnlyConfig(group_size=128, method="gptq", grid="act-mse"),
     "int4-imatrix-g64": Int4WeightOnlyConfig(group_size=64, grid="act-mse"),
     "int4-imatrix-g128": Int4WeightOnlyConfig(group_size=128, grid="act-mse"),
+    "int4-g64-emb8": Int4WeightOnlyConfig(group_size=64, embed="int8"),
+    "int4-gptq-g64-emb8": Int4WeightOnlyConfig(group_size=64, method="gptq", grid="act-mse", embed="int8"),
     "int4-ct-g32": Int4WeightOnlyConfig(group_size=32, zero="int", grid="minmax"),
     "int4-ct-g64": Int4WeightOnlyConfig(group_size=64, zero="int", grid="minmax"),
     "int4-ct-g128": Int4WeightOnlyConfig(group_size=128, zero="int", grid="minmax"),
@@ -229,6 +234,10 @@ def validate(cfg: BaseConfig, where: str = "recipe") -> None:
             raise SizewiseError(f"{where}: zero must be 'float' or 'int', got {cfg.zero!r}")
         if cfg.grid not in ("minmax", "mse", "act-mse"):
             raise SizewiseError(f"{where}: grid must be 'minmax', 'mse' or 'act-mse', got {cfg.grid!r}")
+        if cfg.embed not in ("bf16", "int8"):
+            raise SizewiseError(f"{where}: embed must be 'bf16' or 'int8', got {cfg.embed!r}")
+        if cfg.embed == "int8" and cfg.stream != "bf16":
+            raise SizewiseError(f"{where}: embed 'int8' runs on the bf16 stream: drop stream 'fp32' or embed 'int8'")
         if cfg.zero == "int" and cfg.grid != "minmax":
             raise SizewiseError(f"{where}: an integer zero point (zero: int) takes grid 'minmax' only, "
                                 f"got {cfg.grid!r}: use zero 'float' for a fitted grid")

@@ -41,7 +41,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def streamable(config: BaseConfig) -> bool:
-    """RTN recipes stream tensor by tensor, GPTQ layer by layer; int8-static / torch-dynamic do not stream."""
+    """RTN recipes stream tensor by tensor, GPTQ layer by layer; int8-static / torch-dynamic and an int8 token
+    table (`embed: int8`) do not stream."""
+    if getattr(config, "embed", "bf16") != "bf16":
+        return False
     return isinstance(config, (DtypeConfig, Int8WeightOnlyConfig, Int8DynamicConfig, Int4WeightOnlyConfig))
 
 
@@ -178,6 +181,9 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
     from sizewise.compression.apply import target_linears
 
     t0 = time.perf_counter()
+    if getattr(config, "embed", "bf16") != "bf16":
+        raise SizewiseError(f"recipe {recipe_name(config) or 'with embed int8'} quantizes the token table, which "
+                            "the streaming path does not: compress it in memory (drop --stream)")
     if isinstance(config, (Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig)) and config.needs_calibration:
         return sequential_checkpoint_streaming(src_dir, out_dir, config, calib_tokens, force, shard_bytes, progress)
     if not streamable(config):
