@@ -9,6 +9,7 @@ import gc
 from collections import Counter
 from pathlib import Path
 
+from sizewise.compression.packed import count_params
 from sizewise.errors import SizewiseError
 
 
@@ -61,7 +62,7 @@ def evaluate(model: str, against: str | None = None, text_files: list[str] | Non
         bar.phase("loading model")
         lm = load_model(model, dtype)
         result.update(source=str(lm.source), kind=lm.kind, load_s=lm.load_s, bytes_on_disk=_size_on_disk(lm.source),
-                      params=sum(p.numel() for p in lm.model.parameters()), kernels=kernels_of(lm.model),
+                      params=count_params(lm.model), kernels=kernels_of(lm.model),
                       activation_dtype=str(_act_dtype(lm.model)).replace("torch.", ""))
         if lm.manifest:
             result["recipe"] = lm.manifest.get("recipe_name") or lm.manifest.get("recipe")
@@ -85,8 +86,10 @@ def evaluate(model: str, against: str | None = None, text_files: list[str] | Non
 
 
 def _act_dtype(model):
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return emb.weight.dtype if emb is not None else "unknown"
+    if not hasattr(model, "get_input_embeddings") or model.get_input_embeddings() is None:
+        return "unknown"
+    from sizewise.compression.precision import stream_dtype
+    return stream_dtype(model)
 
 
 class _Bar:

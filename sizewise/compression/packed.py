@@ -54,6 +54,26 @@ def is_packed(mod: nn.Module) -> bool:
     return hasattr(mod, "scheme") and hasattr(mod, "kernel") and hasattr(mod, "packed_tensors")
 
 
+def count_params(model: nn.Module) -> int:
+    """The parameters a (partly) packed model stands for: float parameters outside packed modules (tied
+    ones once), plus each packed module's [out, in] weight and bias; a head that reads the embedding's
+    own table (`tied_to`) adds nothing. `model.parameters()` alone misses every packed weight."""
+    total, inside, seen = 0, set(), set()
+    for m in model.modules():
+        if is_packed(m) and id(m) not in inside and hasattr(m, "in_features"):
+            inside.update(id(x) for x in m.modules())
+            if not getattr(m, "tied_to", None):
+                total += m.out_features * m.in_features + (0 if getattr(m, "bias", None) is None else m.bias.numel())
+    for m in model.modules():
+        if id(m) in inside:
+            continue
+        for p in m.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
 # --- base ---
 
 class PackedLinear(nn.Module):

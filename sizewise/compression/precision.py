@@ -81,6 +81,8 @@ def set_activation_dtype(model, dtype) -> None:
         if is_packed(m):
             packed_inside.update(id(x) for x in m.modules())
     for m in model.modules():
+        if is_packed(m) and hasattr(m, "out_dtype"):  # an int8 token table hands on the stream dtype
+            m.out_dtype = dtype
         if id(m) in packed_inside or type(m).__module__.startswith("torch.ao") or _is_wrapped(m):
             continue
         for name, p in list(m.named_parameters(recurse=False)):

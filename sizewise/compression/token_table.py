@@ -49,11 +49,13 @@ class Int8Embedding(P.PackedLinear):
         return {"weight": self.weight, "weight_scale": self.weight_scale}
 
     def packed_meta(self) -> dict:
-        return {**super().packed_meta(), "padding_idx": self.padding_idx}
+        return {**super().packed_meta(), "padding_idx": self.padding_idx,
+                "out_dtype": str(self.out_dtype).replace("torch.", "")}
 
     @classmethod
     def from_packed(cls, tensors, meta, bias):
-        return cls(tensors["weight"], tensors["weight_scale"], meta.get("padding_idx"))
+        return cls(tensors["weight"], tensors["weight_scale"], meta.get("padding_idx"),
+                   getattr(torch, meta.get("out_dtype", "bfloat16")))
 
     def dequantized_weight(self) -> torch.Tensor:
         return Q.dequantize_per_channel_int8(self.weight, self.weight_scale)
@@ -94,9 +96,10 @@ class TiedInt8Head(P.Int8WeightOnlyLinear):
         return cls(None, meta["tied_to"], bias, (int(meta["out_features"]), int(meta["in_features"])))
 
 
-def quantize_token_table(model: nn.Module, out_dtype: torch.dtype = torch.bfloat16) -> dict[str, nn.Module]:
+def quantize_token_table(model: nn.Module) -> dict[str, nn.Module]:
     """Replace the input embedding (and lm_head: tied -> TiedInt8Head, untied -> int8-wo) in place;
-    returns {name: new module}."""
+    returns {name: new module}. Lookups hand on the table's old float dtype, so the rest of the model
+    computes in the precision it did before (`set_activation_dtype` changes it with the rest)."""
     from sizewise.compression.apply import set_module
 
     emb = model.get_input_embeddings()
@@ -106,7 +109,7 @@ def quantize_token_table(model: nn.Module, out_dtype: torch.dtype = torch.bfloat
         raise ValueError(f"embed: int8 needs a plain nn.Embedding input table, found {type(emb).__name__}")
     emb_name = names[id(emb)]
     tied = head is not None and head.weight.data_ptr() == emb.weight.data_ptr()
-    new_emb = Int8Embedding.from_float(emb, out_dtype)
+    new_emb = Int8Embedding.from_float(emb, emb.weight.dtype)
     out: dict[str, nn.Module] = {emb_name: new_emb}
     set_module(model, emb_name, new_emb)
     if head is not None and type(head) is nn.Linear:

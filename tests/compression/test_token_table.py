@@ -43,6 +43,9 @@ def test_compress_save_reload(tmp_path, tied):
     assert type(m.lm_head) is (TiedInt8Head if tied else P.Int8WeightOnlyLinear)
     if tied:  # the head reads the table itself, not a copy
         assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()
+    n = sum(p.numel() for p in base.parameters())  # tied: counted once
+    assert P.count_params(m) == P.count_params(plain) == P.count_params(base) == n
+    assert m.model.embed_tokens.out_dtype == base.model.embed_tokens.weight.dtype  # the stream is unchanged
     ids = tokens(2, 40)
     with torch.no_grad():
         ref, before, without = base(ids).logits, m(ids).logits, plain(ids).logits
