@@ -93,15 +93,6 @@ def _gptq_columns(W: torch.Tensor, Hinv: torch.Tensor, block: int,
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
 
-def _group_params(w: torch.Tensor, group_size: int, zero: str, grid: str, importance: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) per group for GPTQ: RTN's grid rules; "act-mse" weighs columns by diag(H)."""
-    if zero == "int":
-        return Q.group_qparams_int4(w, group_size)
-    iters = 0 if grid == "minmax" else Q.FIT_ITERS
-    return Q.fit_int4_float(w, group_size, importance if grid == "act-mse" else None, iters)
-
-
 def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, group_size: int, act_order: bool = False,
                          damp: float = 0.01, block_size: int = 128, zero: str = "int", grid: str = "minmax"
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,14 +108,14 @@ def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, group_size: int, act_
     if act_order:  # static groups from the original weights, so groups stay contiguous in storage
         w0 = w.detach().float().clone()
         w0[:, diag == 0] = 0.0
-        scale, zeros = _group_params(w0, group_size, zero, grid, diag)
+        scale, zeros = Q.int4_grid(w0, group_size, zero, grid, diag)  # "act-mse": columns weighed by diag(H)
     W, Hinv, perm = _prepare(w, H, act_order, damp)
     Qint = torch.zeros(n, k, dtype=torch.int32)
 
     def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
         g = int(perm[col]) // group_size
         if not act_order and col % group_size == 0:  # group params from the *updated* weights
-            s, z = _group_params(W1[:, i:i + group_size], group_size, zero, grid, diag[col:col + group_size])
+            s, z = Q.int4_grid(W1[:, i:i + group_size], group_size, zero, grid, diag[col:col + group_size])
             scale[:, g], zeros[:, g] = s[:, 0], z[:, 0]
         s, z = scale[:, g].float(), zeros[:, g].float()
         if zero == "int":

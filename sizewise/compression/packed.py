@@ -324,16 +324,20 @@ class Int4WeightOnlyLinear(PackedLinear):
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, group_size: int,
                  bias: torch.Tensor | None) -> None:
+        self._pack(q, scale, group_size, bias)
+        self.register_buffer("weight_zero_point", zp.to(torch.uint8).contiguous())  # [N, K/g] in [0,15]
+        self.register_buffer("_sz", int4_scales_and_zeros(scale, zp), persistent=False)
+
+    def _pack(self, q: torch.Tensor, scale: torch.Tensor, group_size: int, bias: torch.Tensor | None) -> None:
+        """State both zero conventions share: shapes, bias, the kernel-layout nibbles and the scales."""
         n, k = q.shape
-        super().__init__(k, n, bias)
+        PackedLinear.__init__(self, k, n, bias)
         why = int4_supported(n, k, group_size)
         if why:
             raise ValueError(why)
         self.group_size = group_size
         self.register_buffer("weight_int4pack", int4_kernel_pack(q))  # uint8, kernel layout
         self.register_buffer("weight_scale", scale.to(Q.SCALE_DTYPE).contiguous())  # [N, K/g]
-        self.register_buffer("weight_zero_point", zp.to(torch.uint8).contiguous())  # [N, K/g] in [0,15]
-        self.register_buffer("_sz", int4_scales_and_zeros(scale, zp), persistent=False)
 
     @property
     def scheme(self) -> str:  # type: ignore[override]
@@ -386,14 +390,7 @@ class Int4FloatZeroLinear(Int4WeightOnlyLinear):
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
                  bias: torch.Tensor | None) -> None:
-        n, k = q.shape
-        PackedLinear.__init__(self, k, n, bias)
-        why = int4_supported(n, k, group_size)
-        if why:
-            raise ValueError(why)
-        self.group_size = group_size
-        self.register_buffer("weight_int4pack", int4_kernel_pack(q))
-        self.register_buffer("weight_scale", scale.to(Q.SCALE_DTYPE).contiguous())  # [N, K/g]
+        self._pack(q, scale, group_size, bias)
         self.register_buffer("weight_zero", zero.to(Q.SCALE_DTYPE).contiguous())  # [N, K/g]
         self.register_buffer("_sz", torch.stack([self.weight_scale, self.weight_zero], dim=-1)
                              .transpose(0, 1).contiguous(), persistent=False)

@@ -94,13 +94,11 @@ def group_dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor
 # alternating least-squares rounds. Bundled model, three g64 layers: squared error 526 (min/max), 421
 # after 4 rounds, 416 after 6, 415.3 after 8, 415.2 after 12
 FIT_ITERS = 8
+FIT_CHUNK = 1 << 19  # elements per pass: the fit's temporaries stay in cache (6x faster than whole matrices)
 
 
 def _bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(SCALE_DTYPE).float()
-
-
-FIT_CHUNK = 1 << 19  # elements per pass: the fit's temporaries stay in cache (6x faster than whole matrices)
 
 
 def fit_int4_float(w: torch.Tensor, group_size: int, importance: torch.Tensor | None = None,
@@ -166,18 +164,25 @@ def dequantize_int4_float(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tens
     return g.reshape(n, k)
 
 
-def quantize_int4(w: torch.Tensor, group_size: int, zero: str = "float", grid: str = "mse",
-                  importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round-to-nearest int4 -> (q, scale, zero): zero is int32 zero points for zero="int" (min/max
-    grid, compressed-tensors layout) or bf16 float zeros for zero="float" (grid "minmax", "mse", or
-    "act-mse" with `importance`)."""
+def int4_grid(w: torch.Tensor, group_size: int, zero: str = "float", grid: str = "mse",
+              importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group (scale, zero) by a recipe's rules: int32 zero points for zero="int" (min/max grid,
+    compressed-tensors layout) or bf16 float zeros for zero="float" (grid "minmax", "mse", or "act-mse"
+    weighted by `importance`). RTN and GPTQ both take their groups' grids from here."""
     if zero == "int":
         if grid != "minmax":
             raise ValueError("an integer zero point takes the min/max grid only")
-        return group_quantize_int4(w, group_size)
+        return group_qparams_int4(w, group_size)
     iters = 0 if grid == "minmax" else FIT_ITERS
-    scale, z = fit_int4_float(w, group_size, importance if grid == "act-mse" else None, iters)
-    return quantize_int4_float_with(w, scale, z, group_size), scale, z
+    return fit_int4_float(w, group_size, importance if grid == "act-mse" else None, iters)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int, zero: str = "float", grid: str = "mse",
+                  importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest int4 on `int4_grid`'s grid -> (q, scale, zero)."""
+    scale, z = int4_grid(w, group_size, zero, grid, importance)
+    rnd = quantize_int4_with if zero == "int" else quantize_int4_float_with
+    return rnd(w, scale, z, group_size), scale, z
 
 
 def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
