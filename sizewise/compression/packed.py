@@ -121,6 +121,12 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 # --- int8 weight-only: aten._weight_int8pack_mm ---
 
+def aligned(q: torch.Tensor) -> torch.Tensor:
+    """q contiguous and 64-byte aligned: _weight_int8pack_mm segfaults on unaligned weights (safetensors views)."""
+    q = q.contiguous()
+    return q.clone() if q.data_ptr() % 64 else q
+
+
 class Int8WeightOnlyLinear(PackedLinear):
     """int8 per-output-channel symmetric weights; activations stay float (bf16 in the kernel)."""
 
@@ -129,10 +135,7 @@ class Int8WeightOnlyLinear(PackedLinear):
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(q.shape[1], q.shape[0], bias)
-        q = q.contiguous()
-        if q.data_ptr() % 64:  # _weight_int8pack_mm segfaults on unaligned weights (safetensors views)
-            q = q.clone()
-        self.register_buffer("weight", q)  # int8 [N, K]
+        self.register_buffer("weight", aligned(q))  # int8 [N, K]
         self.register_buffer("weight_scale", scale.to(Q.SCALE_DTYPE).reshape(-1))  # [N]
 
     @property

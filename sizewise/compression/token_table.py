@@ -29,10 +29,7 @@ class Int8Embedding(P.PackedLinear):
                  out_dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__(q.shape[1], q.shape[0], None)
         self.num_embeddings, self.embedding_dim, self.padding_idx = q.shape[0], q.shape[1], padding_idx
-        q = q.contiguous()
-        if q.data_ptr() % 64:  # shared with the int8 head kernel, which needs aligned weights
-            q = q.clone()
-        self.register_buffer("weight", q)
+        self.register_buffer("weight", P.aligned(q))  # a tied head runs the int8 kernel on it
         self.register_buffer("weight_scale", scale.to(Q.SCALE_DTYPE).reshape(-1))
         self.out_dtype = out_dtype
 
