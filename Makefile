@@ -26,6 +26,7 @@ bench: install
 	$(PY) benchmarks/bench_compress.py
 	$(PY) benchmarks/bench_compress.py --recipes fp32,int4-g64,int4-g64-emb8,int4-gptq-g64,int4-gptq-g64-emb8 --out benchmarks/results/bench_compress_emb8.json
 	$(PY) benchmarks/bench_compress.py --recipes fp32,int8-wo,int4-g64,int4-g64-emb8 --compile --out benchmarks/results/bench_compress_compiled.json
+	$(PY) benchmarks/bench_int4_grid.py
 	$(PY) benchmarks/bench_sparsity.py
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/serve_step_profile.py

@@ -64,6 +64,27 @@ def test_fitted_grids_beat_min_max_on_their_own_objective():
     assert err["act-mse"][1] < 0.95 * err["mse"][1]  # least squares on what the layer's output sees
 
 
+def test_more_fit_starts_never_lose_and_help_on_two_grids_in_a_group():
+    """A g64 group of Q4_1-like weights holds two g32 grids: rounding makes the error piecewise and
+    one least-squares start stops in a local optimum. The extra starts can only keep a group's best
+    grid or find a better one, and on such weights they find better ones."""
+    torch.manual_seed(3)
+    n, k, g = 256, 512, 32
+    s = (torch.rand(n, k // g) * 0.02 + 0.005).to(torch.bfloat16)
+    z = (torch.randn(n, k // g) * 0.05).to(torch.bfloat16)
+    w = Q.dequantize_int4_float(torch.randint(0, 16, (n, k)), s, z, g)
+
+    def group_err(starts):
+        s2, z2 = Q.fit_int4_float(w, 64, starts=starts)
+        d = Q.dequantize_int4_float(Q.quantize_int4_float_with(w, s2, z2, 64), s2, z2, 64) - w
+        return (d * d).reshape(n, k // 64, 64).sum(-1)
+
+    one, three = group_err(Q.FIT_STARTS[:1]), group_err(Q.FIT_STARTS)
+    assert len(Q.FIT_STARTS) > 1 and Q.FIT_STARTS[0] == (1.0, 0.0)  # the first start is min/max itself
+    assert (three <= one * (1 + 1e-6)).all()
+    assert three.sum() < 0.97 * one.sum()
+
+
 def test_int4_group_must_divide():
     with pytest.raises(ValueError):
         Q.group_quantize_int4(torch.randn(16, 96), 64)
