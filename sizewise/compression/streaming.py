@@ -60,10 +60,8 @@ _TRIM = None
 
 
 def streamable(config: BaseConfig) -> bool:
-    """RTN recipes stream tensor by tensor, GPTQ layer by layer; int8-static / torch-dynamic and an int8 token
-    table (`embed: int8`) do not stream."""
-    if getattr(config, "embed", "bf16") != "bf16":
-        return False
+    """RTN recipes stream tensor by tensor, GPTQ layer by layer (an int8 token table with either);
+    int8-static / torch-dynamic do not stream."""
     return isinstance(config, (DtypeConfig, Int8WeightOnlyConfig, Int8DynamicConfig, Int4WeightOnlyConfig))
 
 
@@ -93,13 +91,33 @@ def _int4_chunked(w: torch.Tensor, g: int, config: Int4WeightOnlyConfig) -> dict
             "weight_shape": torch.tensor(list(w.shape), dtype=torch.int64)}
 
 
-def _int8_chunked(w: torch.Tensor) -> dict[str, torch.Tensor]:
+def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row int8 in row chunks: the same numbers as on the whole matrix, without its fp32 copy."""
     qs, ss = [], []
     for r in range(0, w.shape[0], ROW_CHUNK):
         q, s = Q.quantize_per_channel_int8(w[r:r + ROW_CHUNK])
         qs.append(q)
         ss.append(s)
-    return P.int8_packed_tensors(torch.cat(qs), torch.cat(ss))
+    return torch.cat(qs), torch.cat(ss)
+
+
+def _int8_chunked(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    return P.int8_packed_tensors(*_int8_rows(w))
+
+
+def _token_table_names(skeleton: torch.nn.Module, headers: set[str]) -> tuple[str, str | None, bool]:
+    """-> (input embedding module name, lm_head module name or None, tied) for `embed: int8`."""
+    names = {id(m): n for n, m in skeleton.named_modules()}
+    emb = skeleton.get_input_embeddings()
+    head = skeleton.get_output_embeddings() if hasattr(skeleton, "get_output_embeddings") else None
+    if type(emb) is not torch.nn.Embedding:
+        raise SizewiseError(f"embed: int8 needs a plain nn.Embedding input table, found {type(emb).__name__}")
+    head_name = names[id(head)] if head is not None and type(head) is torch.nn.Linear else None
+    if head_name and f"{head_name}.bias" in headers:
+        raise SizewiseError(f"{head_name} has a bias, which the streamed int8 token table does not carry: "
+                            "compress in memory (drop --stream)")
+    tied = bool(head_name) and (head.weight is emb.weight or bool(getattr(skeleton.config, "tie_word_embeddings", False)))
+    return names[id(emb)], head_name, tied
 
 
 class _ShardWriter:
@@ -180,7 +198,8 @@ def _finish(tmp: Path, src: Path, cfg: dict, config: BaseConfig, writer: "_Shard
         "format": FORMAT_VERSION, "parent": parent_record(src), "recipe": config.to_dict(),
         "recipe_name": recipe_name(config),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), "versions": versions(),
-        "tensors": rec["tensors"], "modules": rec["modules"], "aliases": {}, "fallbacks": rec["fallbacks"],
+        "tensors": rec["tensors"], "modules": rec["modules"], "aliases": rec.get("aliases", {}),
+        "fallbacks": rec["fallbacks"],
         "kept_float": rec["kept"], "calibration": rec.get("calibration"), "metrics": {}, "streamed": True,
         "files": files, "bytes_on_disk": sum((tmp / f).stat().st_size for f in files),
         "seconds": round(time.perf_counter() - t0, 3),
@@ -201,9 +220,6 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
     from sizewise.compression.apply import target_linears
 
     t0 = time.perf_counter()
-    if getattr(config, "embed", "bf16") != "bf16":
-        raise SizewiseError(f"recipe {recipe_name(config) or 'with embed int8'} quantizes the token table, which "
-                            "the streaming path does not: compress it in memory (drop --stream)")
     if isinstance(config, (Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig)) and config.needs_calibration:
         return sequential_checkpoint_streaming(src_dir, out_dir, config, calib_tokens, force, shard_bytes, progress)
     if not streamable(config):
@@ -212,6 +228,10 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
     src, cfg, scan, skeleton = _prepare(src_dir, out_dir, config)
     targets = {name: lin for name, lin in target_linears(skeleton, config)}
     all_linears = [n for n, m in skeleton.named_modules() if type(m) is torch.nn.Linear]
+    table = None  # (embedding, head, tied) when the recipe quantizes the token table
+    if getattr(config, "embed", "bf16") == "int8":
+        table = _token_table_names(skeleton, {h.name for h in scan.tensors})
+        pad = skeleton.get_input_embeddings().padding_idx
     del skeleton
 
     rec: dict = {"modules": {}, "tensors": {}, "fallbacks": {}, "kept": {}}
@@ -222,7 +242,16 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
         for i, h in enumerate(scan.tensors):
             t = read_tensor(h)
             mod = h.name[:-len(".weight")] if h.name.endswith(".weight") else None
-            if isinstance(config, DtypeConfig):
+            if table and mod == table[0] and t.dim() == 2:  # int8 rows; a tied head aliases them
+                from sizewise.compression.token_table import Int8Embedding, TiedInt8Head
+                emb = Int8Embedding(*_int8_rows(t), pad, t.dtype)
+                _add_packed(w, rec, mod, emb)
+                if table[2]:
+                    _add_packed(w, rec, table[1], TiedInt8Head(emb, mod))
+                del emb
+            elif table and mod == table[1] and not table[2] and t.dim() == 2:  # untied head: int8-wo
+                _add_packed(w, rec, mod, P.Int8WeightOnlyLinear(*_int8_rows(t), None))
+            elif isinstance(config, DtypeConfig):
                 if t.is_floating_point():
                     t = t.to(DTYPES[config.dtype])
                 w.add(h.name, t)
@@ -268,18 +297,26 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
         return _finish(tmp, src, cfg, config, w, rec, all_linears, t0)
 
 
+def _add_packed(w: "_ShardWriter", rec: dict, name: str, m: P.PackedLinear) -> None:
+    """One packed module's tensors and manifest entries, as checkpoint.collect_tensors writes them
+    (a head tied to the int8 token table stores nothing: an alias)."""
+    rec["modules"][name] = {"scheme": m.scheme, "kernel": m.kernel, "meta": m.packed_meta()}
+    if getattr(m, "tied_to", None):
+        rec.setdefault("aliases", {})[f"{name}.weight"] = f"{m.tied_to}.weight"
+        return
+    for suffix, t in m.packed_tensors().items():
+        w.add(f"{name}.{suffix}", t.contiguous())
+    if m.bias is not None:
+        w.add(f"{name}.bias", m.bias.detach().contiguous())
+        rec["tensors"][f"{name}.bias"] = {"scheme": dtype_name(m.bias.dtype), "shape": list(m.bias.shape)}
+    rec["tensors"][f"{name}.weight"] = {"scheme": m.scheme, "shape": [m.out_features, m.in_features]}
+
+
 def _add_module_tensors(w: "_ShardWriter", rec: dict, prefix: str, module: torch.nn.Module) -> None:
     """Write a (partly packed) module's tensors the way save_compressed does."""
     packs = {n: m for n, m in module.named_modules() if isinstance(m, P.PackedLinear)}
     for n, m in packs.items():
-        full = f"{prefix}.{n}"
-        rec["modules"][full] = {"scheme": m.scheme, "kernel": m.kernel, "meta": m.packed_meta()}
-        for suffix, t in m.packed_tensors().items():
-            w.add(f"{full}.{suffix}", t.contiguous())
-        if m.bias is not None:
-            w.add(f"{full}.bias", m.bias.detach().contiguous())
-            rec["tensors"][f"{full}.bias"] = {"scheme": dtype_name(m.bias.dtype), "shape": list(m.bias.shape)}
-        rec["tensors"][f"{full}.weight"] = {"scheme": m.scheme, "shape": [m.out_features, m.in_features]}
+        _add_packed(w, rec, f"{prefix}.{n}", m)
     for key, t in module.state_dict().items():
         if any(key.startswith(n + ".") for n in packs):
             continue
@@ -344,12 +381,19 @@ def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
         G.run_sequential(model, calib_tokens, lq.is_target, lq.quantize_layer, progress,
                          before_layer=load_layer, after_layer=done_layer, hessian=lq.hessian)
         lq.finish()  # targeted Linears outside decoder layers: RTN, as in memory
+        if getattr(config, "embed", "bf16") == "int8":  # after GPTQ, as in memory
+            from sizewise.compression.token_table import quantize_token_table
+            quantize_token_table(model)
         if fp32_stream:
             apply_stream(model, "fp32")
         rec["calibration"].update(lq.facts())
+        outside_packs = {n: m for n, m in model.named_modules()
+                         if isinstance(m, P.PackedLinear) and not n.startswith(lprefix + ".")}
+        for n, m in outside_packs.items():
+            _add_packed(w, rec, n, m)
         seen: set[int] = set()
         for key, t in model.state_dict().items():
-            if key.startswith(lprefix + "."):
+            if key.startswith(lprefix + ".") or any(key.startswith(n + ".") for n in outside_packs):
                 continue
             ptr = t.data_ptr()
             if ptr in seen:

@@ -85,8 +85,4 @@ def test_bad_combinations_are_user_errors(tiny_hf_dir, tmp_path):
         recipe_from_dict({"base": "int4-g64", "embed": "int8", "stream": "fp32"})
     with pytest.raises(SizewiseError, match="embed must be"):
         recipe_from_dict({"base": "int4-g64", "embed": "int4"})
-    from sizewise.compression.streaming import compress_checkpoint_streaming
-    with pytest.raises(SizewiseError, match="in memory"):
-        compress_checkpoint_streaming(tiny_hf_dir, tmp_path / "o", RECIPES["int4-g64-emb8"])
-    assert not (tmp_path / "o").exists()
     json.dumps(RECIPES["int4-g64-emb8"].to_dict())  # the manifest can record it
