@@ -236,7 +236,7 @@ def save_compressed(model: nn.Module, tokenizer, out_dir: str | Path, recipe: di
     }
     if extra:
         manifest.update(extra)
-    ignore = sorted(n for n, m in model.named_modules() if type(m) is nn.Linear)
+    ignore = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not P.is_packed(m))  # kept heads too
     with atomic_dir(out_dir, force=force) as tmp:
         files = _write_safetensors(tensors, tmp, shard_bytes)
         cfg = model.config.to_dict()

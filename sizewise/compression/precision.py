@@ -109,6 +109,8 @@ def apply_stream(model: nn.Module, stream: str, store: torch.dtype = torch.bfloa
 def _wrap(model: nn.Module, stream: torch.dtype, store: torch.dtype) -> None:
     emb = model.get_input_embeddings()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if is_packed(emb):  # an int8 token table hands on the stream dtype itself (out_dtype), and so does its head
+        return
     tied = head is not None and head.weight is emb.weight
     if not _is_wrapped(emb):
         w = nn.Parameter(emb.weight.detach().to(store), requires_grad=False)

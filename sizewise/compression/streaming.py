@@ -244,7 +244,7 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
             mod = h.name[:-len(".weight")] if h.name.endswith(".weight") else None
             if table and mod == table[0] and t.dim() == 2:  # int8 rows; a tied head aliases them
                 from sizewise.compression.token_table import Int8Embedding, TiedInt8Head
-                emb = Int8Embedding(*_int8_rows(t), pad, t.dtype)
+                emb = Int8Embedding(*_int8_rows(t), pad, torch.float32 if stream == "fp32" else t.dtype)
                 _add_packed(w, rec, mod, emb)
                 if table[2]:
                     _add_packed(w, rec, table[1], TiedInt8Head(emb, mod))

@@ -14,6 +14,7 @@ from sizewise.compression import packed as P
 from sizewise.compression import quant as Q
 from sizewise.compression.apply import compress
 from sizewise.compression.checkpoint import disk_bytes, load_compressed, save_compressed
+from sizewise.compression.precision import set_activation_dtype
 from sizewise.compression.recipes import RECIPES, recipe_from_dict
 from sizewise.compression.token_table import Int8Embedding, TiedInt8Head
 from sizewise.errors import SizewiseError
@@ -81,8 +82,13 @@ def test_estimate_prices_the_int8_table(tmp_path, tied):
 
 
 def test_bad_combinations_are_user_errors(tiny_hf_dir, tmp_path):
-    with pytest.raises(SizewiseError, match="bf16 stream"):
-        recipe_from_dict({"base": "int4-g64", "embed": "int8", "stream": "fp32"})
+    for stream in ("fp32", "bf16"):  # the table hands rows on in the stream's dtype, the head returns it
+        m = compress(tiny_llama(seed=2), recipe_from_dict({"base": "int4-g64", "embed": "int8", "stream": stream}))
+        assert isinstance(m.model.embed_tokens, Int8Embedding) and isinstance(m.lm_head, TiedInt8Head)
+        dt = torch.float32 if stream == "fp32" else torch.bfloat16
+        if stream == "bf16":  # compress leaves a bf16 stream's float parts as they were; the study casts them
+            set_activation_dtype(m, dt)
+        assert m.model.embed_tokens.out_dtype == dt and m(tokens(1, 8)).logits.dtype == dt
     with pytest.raises(SizewiseError, match="embed must be"):
         recipe_from_dict({"base": "int4-g64", "embed": "int4"})
     json.dumps(RECIPES["int4-g64-emb8"].to_dict())  # the manifest can record it
