@@ -102,6 +102,21 @@ def packed_modules(model: nn.Module) -> dict[str, P.PackedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, P.PackedLinear)}
 
 
+def packed_record(name: str, mod: P.PackedLinear) -> tuple[dict, dict[str, torch.Tensor], dict[str, dict], dict[str, str]]:
+    """One packed module -> (its `modules` entry, tensors to store, `tensors` manifest entries, aliases).
+    Shared by save_compressed and the streaming writer, so the two write the same bytes."""
+    entry = {"scheme": mod.scheme, "kernel": mod.kernel, "meta": mod.packed_meta()}
+    if getattr(mod, "tied_to", None):  # a head that is the embedding's int8 table: stored once
+        return entry, {}, {}, {f"{name}.weight": f"{mod.tied_to}.weight"}
+    out = {f"{name}.{suffix}": t.contiguous() for suffix, t in mod.packed_tensors().items()}
+    manifest = {}
+    if mod.bias is not None:
+        out[f"{name}.bias"] = mod.bias.detach().contiguous()
+        manifest[f"{name}.bias"] = {"scheme": dtype_name(mod.bias.dtype), "shape": list(mod.bias.shape)}
+    manifest[f"{name}.weight"] = {"scheme": mod.scheme, "shape": [mod.out_features, mod.in_features]}
+    return entry, out, manifest, {}
+
+
 def collect_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict], dict[str, dict], dict[str, str]]:
     """-> (tensors to store, modules {name: {scheme, kernel, meta}}, tensors manifest, aliases)."""
     from torch.ao.nn.quantized.dynamic import Linear as DynLinear
@@ -115,16 +130,10 @@ def collect_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
     manifest: dict[str, dict] = {}
     aliases: dict[str, str] = {}
     for name, mod in packs.items():
-        modules[name] = {"scheme": mod.scheme, "kernel": mod.kernel, "meta": mod.packed_meta()}
-        if getattr(mod, "tied_to", None):  # a head that is the embedding's int8 table: stored once
-            aliases[f"{name}.weight"] = f"{mod.tied_to}.weight"
-            continue
-        for suffix, t in mod.packed_tensors().items():
-            out[f"{name}.{suffix}"] = t.contiguous()
-        if mod.bias is not None:
-            out[f"{name}.bias"] = mod.bias.detach().contiguous()
-            manifest[f"{name}.bias"] = {"scheme": dtype_name(mod.bias.dtype), "shape": list(mod.bias.shape)}
-        manifest[f"{name}.weight"] = {"scheme": mod.scheme, "shape": [mod.out_features, mod.in_features]}
+        modules[name], tensors, entries, alias = packed_record(name, mod)
+        out.update(tensors)
+        manifest.update(entries)
+        aliases.update(alias)
     seen: dict[tuple, str] = {}
     for key, t in model.state_dict(keep_vars=False).items():
         if any(key.startswith(n + ".") for n in packs):

@@ -111,11 +111,12 @@ def fit_int4_float(w: torch.Tensor, group_size: int, importance: torch.Tensor | 
     Rounding makes the error piecewise, so one start stops in a local optimum: on the bundled Q4_1
     parent three starts give int4-g64 12 % less weight error and 14 % less KLD than one start, for
     1.3x the fit time, and a 165-start search only 4 % less error again and the same KLD
-    (benchmarks/bench_int4_grid.py): the data-free grid is at its limit there. `importance` [K] weights the squared error per input column; the mean
-    of x^2 over calibration activations makes it the error of the layer's output rather than of its
-    weights (the diagonal of GPTQ's Hessian; llama.cpp's importance matrix). The error is measured
-    with the stored (bf16) parameters, so the grid chosen is the grid the kernel runs. Never worse
-    than min/max."""
+    (benchmarks/bench_int4_grid.py): the data-free grid is at its limit there.
+
+    `importance` [K] weights the squared error per input column; the mean of x^2 over calibration
+    activations makes it the error of the layer's output rather than of its weights (the diagonal of
+    GPTQ's Hessian; llama.cpp's importance matrix). The error is measured with the stored (bf16)
+    parameters, so the grid chosen is the grid the kernel runs. Never worse than min/max."""
     n, k = w.shape
     _check_group(k, group_size)
     rows = max(1, FIT_CHUNK // k)

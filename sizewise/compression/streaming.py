@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import shutil
@@ -27,7 +28,8 @@ from sizewise.compression import packed as P
 from sizewise.compression import quant as Q
 from sizewise.compression.apply import DTYPES, choose_group_size
 from sizewise.compression.checkpoint import (INDEX, MANIFEST, FORMAT_VERSION, build_skeleton, check_out_path,
-                                             dtype_name, parent_record, publish_modes, quantization_config, versions)
+                                             dtype_name, packed_record, parent_record, publish_modes,
+                                             quantization_config, versions)
 from sizewise.compression.precision import apply_stream, set_activation_dtype, stored_dtype
 from sizewise.compression.recipes import (BaseConfig, DtypeConfig, Int4WeightOnlyConfig, Int8DynamicConfig,
                                           Int8WeightOnlyConfig, recipe_name)
@@ -42,21 +44,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja", "added_tokens.json")
 
 
+@functools.cache
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
 def _release_freed_memory() -> None:
     """Hand freed heap pages back to the OS (glibc `malloc_trim`). Tensors of a few MB come from the
     heap, not mmap, once glibc's adaptive threshold has grown; freed, they stay in the process and
     fragment, so the peak RSS of a streaming run wandered between 1.0 and 1.3 GB with the same code.
     A no-op where there is no glibc."""
-    global _TRIM
-    if _TRIM is None:
-        name = ctypes.util.find_library("c")
-        lib = ctypes.CDLL(name) if name else None
-        _TRIM = getattr(lib, "malloc_trim", False) if lib is not None else False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM = None
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def streamable(config: BaseConfig) -> bool:
@@ -298,18 +299,12 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
 
 
 def _add_packed(w: "_ShardWriter", rec: dict, name: str, m: P.PackedLinear) -> None:
-    """One packed module's tensors and manifest entries, as checkpoint.collect_tensors writes them
-    (a head tied to the int8 token table stores nothing: an alias)."""
-    rec["modules"][name] = {"scheme": m.scheme, "kernel": m.kernel, "meta": m.packed_meta()}
-    if getattr(m, "tied_to", None):
-        rec.setdefault("aliases", {})[f"{name}.weight"] = f"{m.tied_to}.weight"
-        return
-    for suffix, t in m.packed_tensors().items():
-        w.add(f"{name}.{suffix}", t.contiguous())
-    if m.bias is not None:
-        w.add(f"{name}.bias", m.bias.detach().contiguous())
-        rec["tensors"][f"{name}.bias"] = {"scheme": dtype_name(m.bias.dtype), "shape": list(m.bias.shape)}
-    rec["tensors"][f"{name}.weight"] = {"scheme": m.scheme, "shape": [m.out_features, m.in_features]}
+    """One packed module's tensors and manifest entries, as save_compressed writes them."""
+    rec["modules"][name], tensors, entries, alias = packed_record(name, m)
+    for key, t in tensors.items():
+        w.add(key, t)
+    rec["tensors"].update(entries)
+    rec.setdefault("aliases", {}).update(alias)
 
 
 def _add_module_tensors(w: "_ShardWriter", rec: dict, prefix: str, module: torch.nn.Module) -> None:
