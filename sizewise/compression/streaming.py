@@ -107,18 +107,16 @@ def _int8_chunked(w: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _token_table_names(skeleton: torch.nn.Module, headers: set[str]) -> tuple[str, str | None, bool]:
-    """-> (input embedding module name, lm_head module name or None, tied) for `embed: int8`."""
-    names = {id(m): n for n, m in skeleton.named_modules()}
-    emb = skeleton.get_input_embeddings()
-    head = skeleton.get_output_embeddings() if hasattr(skeleton, "get_output_embeddings") else None
-    if type(emb) is not torch.nn.Embedding:
-        raise SizewiseError(f"embed: int8 needs a plain nn.Embedding input table, found {type(emb).__name__}")
-    head_name = names[id(head)] if head is not None and type(head) is torch.nn.Linear else None
+    """token_table.table_names, refusing what the streamed table does not carry (a head bias)."""
+    from sizewise.compression.token_table import table_names
+    try:
+        emb_name, head_name, tied = table_names(skeleton)
+    except ValueError as e:
+        raise SizewiseError(str(e)) from None
     if head_name and f"{head_name}.bias" in headers:
         raise SizewiseError(f"{head_name} has a bias, which the streamed int8 token table does not carry: "
                             "compress in memory (drop --stream)")
-    tied = bool(head_name) and (head.weight is emb.weight or bool(getattr(skeleton.config, "tie_word_embeddings", False)))
-    return names[id(emb)], head_name, tied
+    return emb_name, head_name, tied
 
 
 class _ShardWriter:

@@ -99,22 +99,36 @@ def quantize_token_table(model: nn.Module) -> dict[str, nn.Module]:
     computes in the precision it did before (`set_activation_dtype` changes it with the rest)."""
     from sizewise.compression.apply import set_module
 
-    emb = model.get_input_embeddings()
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = {id(m): n for n, m in model.named_modules()}
-    if type(emb) is not nn.Embedding:
-        raise ValueError(f"embed: int8 needs a plain nn.Embedding input table, found {type(emb).__name__}")
-    emb_name = names[id(emb)]
-    tied = head is not None and head.weight.data_ptr() == emb.weight.data_ptr()
+    emb_name, head_name, tied = table_names(model)
+    emb = model.get_submodule(emb_name)
     new_emb = Int8Embedding.from_float(emb, emb.weight.dtype)
     out: dict[str, nn.Module] = {emb_name: new_emb}
     set_module(model, emb_name, new_emb)
-    if head is not None and type(head) is nn.Linear:
+    if head_name is not None:
+        head = model.get_submodule(head_name)
         new_head = (TiedInt8Head(new_emb, emb_name, head.bias) if tied
                     else P.Int8WeightOnlyLinear.from_float(head))
-        out[names[id(head)]] = new_head
-        set_module(model, names[id(head)], new_head)
+        out[head_name] = new_head
+        set_module(model, head_name, new_head)
     return out
+
+
+def table_names(model: nn.Module) -> tuple[str, str | None, bool]:
+    """-> (input embedding's module name, a plain Linear lm_head's name or None, tied). Works on a
+    meta-device skeleton too (the streaming path), where the config says whether they are tied."""
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(emb) is not nn.Embedding:
+        raise ValueError(f"embed: int8 needs a plain nn.Embedding input table, found {type(emb).__name__}")
+    names = {id(m): n for n, m in model.named_modules()}
+    head_name = names[id(head)] if head is not None and type(head) is nn.Linear else None
+    if head_name is None:
+        return names[id(emb)], None, False
+    if head.weight.device.type == "meta":  # a skeleton: not tied yet, and every meta data_ptr is 0
+        tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+    else:
+        tied = head.weight.data_ptr() == emb.weight.data_ptr()
+    return names[id(emb)], head_name, tied
 
 
 def retie(model: nn.Module) -> None:
