@@ -253,6 +253,27 @@ def bench_serve(
 
 
 
+# --- export (engines) ---
+
+@app.command()
+@user_errors
+def export(
+    src: str = typer.Argument(..., help="'bundled', a .gguf file, an HF or sizewise-compressed directory."),
+    to: str = typer.Option(..., "--to", help="gguf (llama.cpp, Ollama) | vllm (compressed-tensors: vLLM, SGLang, transformers) | onnx (ONNX Runtime)."),
+    out: str = typer.Option(..., "--out", help="Output file (gguf) or directory (vllm, onnx); refused if it exists, unless --force."),
+    type_: Optional[str] = typer.Option(None, "--type", help="Target type for float tensors (gguf: F32 F16 BF16 Q8_0 Q4_0 Q4_1 ...; onnx: fp32 fp16)."),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Re-quantize what the target cannot hold exactly (the added KLD is measured)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    measure_tokens: int = typer.Option(2048, "--measure-tokens", help="Protocol tokens for the export-vs-source KLD (0: skip)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Write a checkpoint in the format of the engine that runs it; report what was exact and what was re-quantized."""
+    from sizewise.commands.export import export_command
+    export_command(src=src, to=to, out=out, type_=type_, allow_requantize=allow_requantize, force=force,
+                   json_out=json_out, measure_tokens=measure_tokens)
+
+
+
 def main() -> None:  # pragma: no cover
     app()
 
