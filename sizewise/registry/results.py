@@ -1,0 +1,149 @@
+"""From a verb's JSON result to registry records: which model, which parent, which numbers.
+
+Why here and not in the verbs: the registry consumes results and never calls back into the verbs
+(DESIGN.md); each verb's CLI function hands its result dict to `record_result` and is done. A
+failure to record never costs the verb its output or its exit status: one warning line instead.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+CORPUS = "pydoc_data.topics.topics (sorted keys)"
+
+
+def _quality(q: dict | None, protocol: dict) -> dict:
+    """ppl/kld/top1 (+ nll, kld_max) of a metrics.Quality dict, each with its token count."""
+    if not q:
+        return {}
+    tokens = q.get("n_predicted") or q.get("tokens")
+    out = {}
+    for k in ("ppl", "nll", "kld", "kld_max", "top1"):
+        if q.get(k) is not None:
+            out[k] = {"value": q[k], "tokens": tokens, "protocol": protocol}
+    return out
+
+
+def _speed(s: dict | None, protocol: dict) -> dict:
+    if not s:
+        return {}
+    out = {"prefill_tok_s": {"value": s.get("prefill_tok_s"), "tokens": s.get("prefill_tokens"), "protocol": protocol}}
+    for b, v in (s.get("decode_tok_s") or {}).items():
+        out[f"decode_tok_s.b{b}"] = {"value": v, "protocol": protocol}
+    return out
+
+
+def _params_total(r: dict) -> Optional[int]:
+    p = r.get("params")
+    return p.get("total") if isinstance(p, dict) else (p if isinstance(p, int) else r.get("parameters"))
+
+
+def eval_records(r: dict) -> list[dict]:
+    qp = {"corpus": r.get("corpus") or CORPUS, "window": (r.get("quality") or {}).get("window"),
+          "against": r.get("against"), "dtype": r.get("activation_dtype")}
+    sp = {"what": "median of 3 after a warm-up", **{k: v for k, v in (r.get("speed") or {}).items()
+                                                    if k in ("prefill_tokens", "decode_steps", "runs", "decoder")}}
+    m: dict[str, Any] = {**_quality(r.get("quality"), qp), **_speed(r.get("speed"), sp),
+                         "load_s": r.get("load_s"), "bytes_on_disk": r.get("bytes_on_disk"),
+                         "params.total": _params_total(r), "peak_rss_bytes": r.get("peak_rss_bytes")}
+    recs = [{"model": r["model"], "metrics": m, "protocol": qp,
+             "extra": {"kernels": r.get("kernels"), "machine": r.get("machine"), "command": r.get("command")}}]
+    if r.get("against") and r.get("parent"):  # the parent was measured too: its perplexity is its own metric
+        recs.append({"model": r["against"], "metrics": _quality(r["parent"].get("quality"), {**qp, "against": None}),
+                     "protocol": qp, "extra": {"role": "reference of an eval --against", "machine": r.get("machine"),
+                                               "command": r.get("command")}})
+    return recs
+
+
+def compress_records(s: dict, model: str, prune: bool) -> list[dict]:
+    m = {"bytes_on_disk": s.get("bytes_on_disk"), "tensor_data_bytes": s.get("tensor_data_bytes"),
+         "seconds": s.get("seconds")}
+    extra = {"schemes": s.get("schemes"), "kernels": s.get("kernels"), "streamed": s.get("streamed")}
+    try:
+        import json
+        man = json.loads((Path(s["out"]) / "sizewise.json").read_text())
+    except (OSError, ValueError, KeyError):
+        man = {}
+    if man.get("prune"):
+        m["sparsity"] = man["prune"].get("measured_sparsity")
+        extra["prune"] = {k: v for k, v in man["prune"].items() if k not in ("log",)}
+    return [{"model": s["out"], "parent": model, "metrics": m, "extra": extra, "artifacts": [s["out"]]}]
+
+
+def share_records(rec: dict, model: str, out: str) -> list[dict]:
+    q = rec.get("quality") or {}
+    proto = {"corpus": CORPUS, "tokens": q.get("tokens", q.get("eval_tokens")), "against": model}
+    m = {"bytes_on_disk": rec.get("bytes_on_disk"), "mean_relative_l2_error": rec.get("mean_relative_l2_error")}
+    for k in ("ppl", "kld", "top1"):
+        m[k] = q.get(k, q.get("top1_agreement") if k == "top1" else None)
+    recipe = {"name": "share", **{k: rec.get(k) for k in ("group_size", "projections", "steps")}}
+    recs = [{"model": out, "parent": model, "recipe": recipe, "metrics": m, "protocol": proto, "artifacts": [out]}]
+    if q.get("ppl_dense") is not None:
+        recs.append({"model": model, "metrics": {"ppl": q["ppl_dense"]}, "protocol": {**proto, "against": None}})
+    return recs
+
+
+def export_records(r: dict, src: str, out: str) -> list[dict]:
+    proto = {"corpus": CORPUS, "tokens": r.get("measure_tokens"), "against": src} if r.get("kld_vs_src") is not None else None
+    m = {"bytes_on_disk": r.get("bytes_on_disk", r.get("bytes")), "kld": r.get("kld", r.get("kld_vs_src"))}
+    recipe = {"name": f"export-{r.get('target')}", "target": r.get("target"), "type": r.get("type")}
+    return [{"model": out, "parent": src, "recipe": recipe, "metrics": m, "protocol": proto, "artifacts": [out],
+             "extra": {"requantized": len(r.get("requantized") or []), "exact": len(r.get("exact") or [])}}]
+
+
+def study_records(st: dict, model: str, out_dir: str, keep: bool) -> list[dict]:
+    settings = st.get("settings") or {}
+    qp = {"corpus": settings.get("corpus") or CORPUS, "window": settings.get("window"), "study": str(out_dir)}
+    base = {"machine": st.get("machine"), "command": st.get("command")}
+    par = st.get("parent") or {}
+    recs = [{"model": model, "metrics": {**_quality(par.get("quality"), qp), "load_s": par.get("load_s"),
+                                         "params.total": _params_total(par)},
+             "protocol": qp, "artifacts": [str(Path(out_dir) / "study.json")], "extra": dict(base)}]
+    for row in st.get("recipes") or []:
+        d = Path(out_dir) / "variants" / row["recipe"]
+        if not keep or not d.is_dir():
+            continue  # variants not kept have no files, hence no content hash: study.json holds their numbers
+        m = {**_quality(row.get("quality"), qp), **_speed(row.get("speed"), {"what": "median after a warm-up"}),
+             "bytes_on_disk": row.get("bytes_on_disk", row.get("bytes")), "load_s": row.get("load_s")}
+        recs.append({"model": str(d), "parent": model, "metrics": m, "protocol": qp, "extra": dict(base),
+                     "artifacts": [str(d)]})
+    return recs
+
+
+def bench_serve_records(r: dict, model: str, out: str) -> list[dict]:
+    proto = {"workload": {k: v for k, v in (r.get("workload") or {}).items() if k in ("requests", "max_tokens", "seed")},
+             "engine": r.get("engine"), "dtype": r.get("dtype"), "recipe": r.get("recipe")}
+    m: dict[str, Any] = {}
+    for s in r.get("serve") or []:
+        c = s.get("concurrency")
+        m[f"tokens_per_s.c{c}"] = s.get("tokens_per_s")
+        for k in ("ttft_p50_s", "ttft_p95_s", "latency_p95_s"):
+            if isinstance(s.get(k), (int, float)):
+                m[f"{k}.c{c}"] = s[k]
+    for k in ("baseline_sequential", "baseline_static"):
+        if isinstance(r.get(k), dict):
+            m[f"{k}.tokens_per_s"] = r[k].get("tokens_per_s")
+    return [{"model": model, "metrics": m, "protocol": proto, "artifacts": [out],
+             "extra": {"machine": r.get("machine"), "command": r.get("command")}}]
+
+
+def record_result(verb: str, records: Callable[[], list[dict]], *, enabled: bool = True,
+                  registry: str | None = None, warn: Callable[[str], None] | None = None) -> list[str]:
+    """Record each of `records()` (dicts of record_run keywords); on any failure print one warning
+    line to stderr and return what was recorded so far. Never raises: the verb's work is done."""
+    from sizewise.registry.record import record_run
+
+    if not enabled:
+        return []
+    say = warn or (lambda msg: print(msg, file=sys.stderr))
+    ids: list[str] = []
+    try:
+        for rec in records():
+            mid = record_run(verb, registry=registry, **rec)
+            if mid:
+                ids.append(mid)
+    except Exception as e:  # noqa: BLE001 - any failure: the verb's output stands, we only warn
+        first = (str(e).splitlines() or [e.__class__.__name__])[0]
+        say(f"warning: not recorded in the registry: {first} (the {verb} result above is complete; --no-record skips this)")
+    return ids
