@@ -29,6 +29,20 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _no_record():
+    return typer.Option(False, "--no-record", help="Do not record this run in the model registry.")
+
+
+def _registry_opt():
+    return typer.Option(None, "--registry", help="Registry file (default: $SIZEWISE_REGISTRY or ~/.local/share/sizewise/registry.sqlite).")
+
+
+def _record(verb: str, build: Callable[[], list], no_record: bool, registry: Optional[str]) -> None:
+    """Hand a finished verb's result to the registry; a failure there is one warning line, never an exit."""
+    from sizewise.registry.results import record_result
+    record_result(verb, build, enabled=not no_record, registry=registry)
+
+
 # --- presets / estimate / inspect / plan (foundation) ---
 
 @app.command()
@@ -127,13 +141,17 @@ def compress(
     schedule: Optional[str] = typer.Option(None, "--schedule", help="oneshot | progressive"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Recovery steps (progressive pruning)."),
     train_file: Optional[str] = typer.Option(None, "--train-file", help="Text for pruning recovery."),
+    no_record: bool = _no_record(),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """Quantize (and optionally prune) a model into a self-contained checkpoint directory."""
     from sizewise.commands.compress import compress_command
-    compress_command(model=model, recipe=recipe, out=out, force=force, calib_file=calib_file,
+    from sizewise.registry.results import compress_records
+    summary = compress_command(model=model, recipe=recipe, out=out, force=force, calib_file=calib_file,
                      calib_tokens=calib_tokens, stream=stream, json_out=json_out,
                      prune_opts={"prune": prune, "sparsity": sparsity, "schedule": schedule, "steps": steps,
                                  "train_file": train_file})
+    _record("prune" if prune else "compress", lambda: compress_records(summary, model, bool(prune)), no_record, registry)
 
 
 @app.command("eval")
@@ -148,11 +166,16 @@ def eval_(
     dtype: str = typer.Option("auto", "--dtype", help="auto (as stored; GGUF: fp32) | fp32 | bf16 | fp16"),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Optional[str] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    no_record: bool = _no_record(),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """Perplexity, KLD and top-1 vs a parent, size, load time, prefill/decode speed, peak RSS, kernels."""
     from sizewise.commands.eval import eval_command
-    eval_command(model=model, against=against, text=text, tokens=tokens, window=window, no_speed=no_speed,
+    from sizewise.registry.results import eval_records
+    r = eval_command(model=model, against=against, text=text, tokens=tokens, window=window, no_speed=no_speed,
                  json_out=json_out, out=out, dtype=dtype)
+    corpus = ("files: " + ", ".join(text)) if text else None
+    _record("eval", lambda: eval_records({**r, "corpus": corpus}), no_record, registry)
 
 
 @app.command()
@@ -167,11 +190,20 @@ def study(
     keep: bool = typer.Option(False, "--keep", help="Keep every variant's checkpoint under OUT/variants/."),
     json_out: bool = typer.Option(False, "--json", help="Print study.json to stdout."),
     sparsity: bool = typer.Option(False, "--sparsity", help="Also run the pruning grid (sparsity.json/md/png)."),
+    no_record: bool = _no_record(),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """Run a recipe grid: size, compression, speedups, ppl, KLD, top-1 -> study.json, study.md, plots."""
     from sizewise.commands.study import study_command
-    study_command(model=model, quick=quick, recipes=recipes, out=out, text=text, tokens=tokens, keep=keep,
+    from sizewise.registry.results import study_records
+    st = study_command(model=model, quick=quick, recipes=recipes, out=out, text=text, tokens=tokens, keep=keep,
                   json_out=json_out, sparsity=sparsity)
+
+    def _study_out() -> str:
+        from sizewise.study import default_out_dir
+        return out or str(default_out_dir(model))
+
+    _record("study", lambda: study_records(st, model, _study_out(), keep), no_record, registry)
 
 
 # --- prune / share (sparsity) ---
@@ -188,11 +220,15 @@ def share(
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     eval_tokens: int = typer.Option(8192, "--eval-tokens", help="Measure ppl/KLD vs the parent on this many corpus tokens (0 = skip)."),
     json_out: bool = typer.Option(False, "--json"),
+    no_record: bool = _no_record(),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """Parameter sharing: W_i = W_base * M_i across adjacent layers; real bytes saved and the quality cost."""
     from sizewise.commands.prune import share_command
-    share_command(model=model, out=out, group_size=group_size, projections=projections, steps=steps,
+    from sizewise.registry.results import share_records
+    rec = share_command(model=model, out=out, group_size=group_size, projections=projections, steps=steps,
                   train_file=train_file, force=force, json_out=json_out, eval_tokens=eval_tokens)
+    _record("share", lambda: share_records(rec, model, out), no_record, registry)
 
 
 # --- serve / bench-serve (serving) ---
@@ -239,6 +275,8 @@ def bench_serve(
     out: str = typer.Option("benchmarks/results/bench_serve.json", "--out"),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: cores, per the protocol)."),
+    no_record: bool = _no_record(),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """Load-test the server on localhost against generate() baselines; write JSON."""
     from sizewise.commands.serve import bench_serve_command
@@ -246,10 +284,12 @@ def bench_serve(
         levels = [int(x) for x in concurrency.split(",") if x.strip()]
     except ValueError:
         raise SizewiseError(f"--concurrency must be comma-separated integers (got {concurrency!r})")
-    bench_serve_command(model=model, requests=requests, concurrency=levels, max_tokens=max_tokens, kv_memory=kv_memory,
+    from sizewise.registry.results import bench_serve_records
+    result = bench_serve_command(model=model, requests=requests, concurrency=levels, max_tokens=max_tokens, kv_memory=kv_memory,
                         max_batch=max_batch, block_size=block_size, dtype=dtype, recipe=recipe,
                         static_batch=static_batch, baselines=baselines, soak_requests=soak, soak_model=soak_model,
                         duration_s=duration, out=out, seed=seed, threads=threads)
+    _record("bench-serve", lambda: bench_serve_records(result, model, out), no_record, registry)
 
 
 
@@ -266,12 +306,75 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
     measure_tokens: int = typer.Option(2048, "--measure-tokens", help="Protocol tokens for the export-vs-source KLD (0: skip)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    no_record: bool = _no_record(),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """Write a checkpoint in the format of the engine that runs it; report what was exact and what was re-quantized."""
     from sizewise.commands.export import export_command
-    export_command(src=src, to=to, out=out, type_=type_, allow_requantize=allow_requantize, force=force,
+    from sizewise.registry.results import export_records
+    report = export_command(src=src, to=to, out=out, type_=type_, allow_requantize=allow_requantize, force=force,
                    json_out=json_out, measure_tokens=measure_tokens)
+    _record("export", lambda: export_records(report, src, out), no_record, registry)
 
+
+# --- registry (which version is better) ---
+
+registry_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                           help="Every model sizewise read or wrote, by content hash: lineage, recipes, measurements.")
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("list")
+@user_errors
+def registry_list(
+    parent: Optional[str] = typer.Option(None, "--parent", help="Only direct children of this model (ID prefix)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Only recipes whose name contains this."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="NAME (has it) or NAME<VALUE, NAME>=VALUE ... on the latest value, e.g. 'ppl<16'."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Only models with this tag."),
+    registry: Optional[str] = _registry_opt(),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recorded models, newest first, with their latest ppl, KLD, top-1 and size."""
+    from sizewise.commands.registry import list_command
+    list_command(registry, parent, recipe, metric, tag, json_out)
+
+
+@registry_app.command("show")
+@user_errors
+def registry_show(model_id: str = typer.Argument(..., help="ID, unique prefix, tag or recorded path."),
+                  registry: Optional[str] = _registry_opt(), json_out: bool = typer.Option(False, "--json")) -> None:
+    """Everything known about one model: recipe, paths, lineage tree from the root, every measurement, every run."""
+    from sizewise.commands.registry import show_command
+    show_command(registry, model_id, json_out)
+
+
+@registry_app.command("lineage")
+@user_errors
+def registry_lineage(model_id: str = typer.Argument(..., help="ID, unique prefix, tag or recorded path."),
+                     registry: Optional[str] = _registry_opt(), json_out: bool = typer.Option(False, "--json")) -> None:
+    """The tree of models made from the same root, this one marked."""
+    from sizewise.commands.registry import lineage_command
+    lineage_command(registry, model_id, json_out)
+
+
+@registry_app.command("tag")
+@user_errors
+def registry_tag(model_id: str = typer.Argument(..., help="ID, unique prefix or recorded path."),
+                 name: str = typer.Argument(..., help="Stage name, e.g. candidate or production."),
+                 remove: bool = typer.Option(False, "--remove", help="Take the tag off instead."),
+                 registry: Optional[str] = _registry_opt(), json_out: bool = typer.Option(False, "--json")) -> None:
+    """Tag a model with a stage name (candidate, production, ...)."""
+    from sizewise.commands.registry import tag_command
+    tag_command(registry, model_id, name, remove, json_out)
+
+
+@registry_app.command("gc")
+@user_errors
+def registry_gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be forgotten."),
+                registry: Optional[str] = _registry_opt(), json_out: bool = typer.Option(False, "--json")) -> None:
+    """Forget models whose files are gone (ancestors of models still on disk are kept)."""
+    from sizewise.commands.registry import gc_command
+    gc_command(registry, dry_run, json_out)
 
 
 def main() -> None:  # pragma: no cover

@@ -222,6 +222,7 @@ def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp
             save_compressed(model, tokenizer, out, None, str(parent_path), force=True)
             row["bytes"] = speed.dir_bytes(out / "model.safetensors") if (out / "model.safetensors").exists() \
                 else sum(speed.dir_bytes(p) for p in out.glob("*.safetensors"))
+            row["bytes_on_disk"] = row["bytes"]  # docs/vocabulary.md; `bytes` stays for one release
             row["dir_bytes"] = speed.dir_bytes(out)
             del model
             (model, _tok, _man), row["load_s"] = speed.timed_load(lambda: load_compressed(out))
@@ -311,7 +312,7 @@ def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = F
     _add_ratios(rows)
     return {
         "model": model_spec, "source": str(lm.source), "source_kind": lm.kind,
-        "parent": {"description": _parent_description(lm, grid), "params": sum(p.numel() for p in parent.parameters()),
+        "parent": {"description": _parent_description(lm, grid), "params": {"total": sum(p.numel() for p in parent.parameters())},
                    "load_s": load_s, "quality": ref.quality.to_dict(), "source_grid": grid},
         "settings": {**s.__dict__, "batches": list(s.batches), "corpus": "files: " + ", ".join(text_files)
                      if text_files else "pydoc_data.topics.topics (sorted keys, blank-line joined)", "quick": quick},
@@ -371,7 +372,7 @@ def markdown(study: dict) -> str:
     front = {rows[i]["recipe"] for i in pareto_front(
         [(r.get("bytes") or math.inf, r["ratios"]["delta_ppl_pct"]) for r in rows])} if rows and "ratios" in rows[0] else set()
     lines = [f"# sizewise study: {study['model']}", "",
-             f"Parent: {p['description']}. {p['params']:,} parameters; perplexity {p['quality']['ppl']:.3f} over "
+             f"Parent: {p['description']}. {p['params']['total']:,} parameters; perplexity {p['quality']['ppl']:.3f} over "
              f"{p['quality']['n_predicted']:,} predicted tokens ({st['eval_tokens']:,} tokens, windows of {st['window']}, "
              f"corpus {st['corpus']}).", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads). "

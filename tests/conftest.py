@@ -1,7 +1,21 @@
 """Shared fixtures. Tiny models are built in the test with fixed seeds; the bundled model is shared per session."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _registry_in_tmp(tmp_path_factory):
+    """Verbs record into the model registry: never into the user's real data dir from a test."""
+    old = os.environ.get("SIZEWISE_REGISTRY")
+    os.environ["SIZEWISE_REGISTRY"] = str(tmp_path_factory.mktemp("registry") / "registry.sqlite")
+    yield
+    if old is None:
+        os.environ.pop("SIZEWISE_REGISTRY", None)
+    else:
+        os.environ["SIZEWISE_REGISTRY"] = old
 
 
 @pytest.fixture(scope="session")

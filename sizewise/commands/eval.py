@@ -62,8 +62,9 @@ def evaluate(model: str, against: str | None = None, text_files: list[str] | Non
         bar.phase("loading model")
         lm = load_model(model, dtype)
         result.update(source=str(lm.source), kind=lm.kind, load_s=lm.load_s, bytes_on_disk=_size_on_disk(lm.source),
-                      params=count_params(lm.model), kernels=kernels_of(lm.model),
+                      params={"total": count_params(lm.model)}, kernels=kernels_of(lm.model),
                       activation_dtype=str(_act_dtype(lm.model)).replace("torch.", ""))
+        result["parameters"] = result["params"]["total"]  # deprecated alias of params.total (docs/vocabulary.md)
         if lm.manifest:
             result["recipe"] = lm.manifest.get("recipe_name") or lm.manifest.get("recipe")
         toks = data.eval_tokens(lm.tokenizer, tokens, text)
@@ -131,7 +132,7 @@ def print_result(r: dict) -> None:
         t.add_row("KL divergence (parent||model)", f"{q['kld']:.5f} nats/token (max {q['kld_max']:.3f})")
         t.add_row("top-1 agreement", f"{100 * q['top1']:.2f} %")
     t.add_row("size on disk", f"{r['bytes_on_disk'] / 1e9:.4f} GB ({r['bytes_on_disk'] / 2**30:.4f} GiB)")
-    t.add_row("parameters", f"{r['params']:,}")
+    t.add_row("parameters", f"{r['params']['total']:,}")
     t.add_row("load time", f"{r['load_s']:.2f} s")
     t.add_row("activation dtype", r["activation_dtype"])
     if "speed" in r:

@@ -24,11 +24,21 @@ def export_command(src: str, to: str, out: str, type_: str | None, allow_requant
         raise SizewiseError(f"{out} already exists: choose another --out or pass --force to replace it")
     report = mod.export(src, Path(out), type_=type_, allow_requantize=allow_requantize, force=force,
                         measure_tokens=measure_tokens)
+    report = vocabulary(report, measure_tokens)
     if json_out:
         print(json.dumps(report, indent=2))
     else:
         _print(report)
     return report
+
+
+def vocabulary(report: dict, measure_tokens: int) -> dict:
+    """docs/vocabulary.md names beside the report's own (`bytes`, `kld_vs_src` stay one release)."""
+    from sizewise.registry.vocabulary import with_aliases
+    out = with_aliases(report, {"bytes": "bytes_on_disk", "kld_vs_src": "kld"})
+    if out.get("kld") is not None:
+        out.setdefault("measure_tokens", measure_tokens)
+    return out
 
 
 def _print(r: dict) -> None:

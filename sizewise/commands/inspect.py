@@ -291,15 +291,18 @@ def inspect_report(spec: str) -> dict:
     from sizewise.arch.inventory import GROUPS
     order = {g: i for i, g in enumerate(GROUPS)}
     by_group = dict(sorted(by_group.items(), key=lambda kv: order.get(kv[0], len(order))))
+    total = sum(r["params"] for r in by_dtype.values())
     return {
         "source": ck.source,
         "format": ck.format,
         "files": ck.files,
         "tensors": len(ck.tensors),
-        "parameters": sum(r["params"] for r in by_dtype.values()),
+        "params": {"total": total},  # docs/vocabulary.md: the name estimate uses
+        "bytes_on_disk": ck.file_bytes,
+        "parameters": total,  # deprecated alias of params.total (one release)
         "param_bytes": sum(r["bytes"] for r in by_dtype.values()),
         "scales": scales,
-        "file_bytes": ck.file_bytes,
+        "file_bytes": ck.file_bytes,  # deprecated alias of bytes_on_disk (one release)
         "data_bytes": ck.data_bytes,
         "header_bytes": ck.header_bytes,
         "by_dtype": dict(sorted(by_dtype.items())),

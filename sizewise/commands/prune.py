@@ -250,7 +250,8 @@ def share_command(model: str, out: str, group_size: int = 2, projections: str = 
         with _progress() as prog:
             task = prog.add_task("evaluate shared model", total=None)
             q = compare(m, ref, progress=lambda d, t: prog.update(task, completed=d, total=t))
-        quality = {"ppl_dense": ref.quality.ppl, "ppl": q.ppl, "kld": q.kld, "top1_agreement": q.top1,
+        quality = {"ppl_dense": ref.quality.ppl, "ppl": q.ppl, "kld": q.kld, "top1": q.top1,
+                   "top1_agreement": q.top1,  # deprecated alias of top1 (docs/vocabulary.md)
                    "eval_tokens": eval_tokens}
     record = {"method": "share", "group_size": group_size, "projections": list(projs[projections]),
               "groups": len(groups), "steps": steps, "losses": losses[:1] + losses[-1:],

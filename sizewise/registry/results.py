@@ -65,10 +65,18 @@ def compress_records(s: dict, model: str, prune: bool) -> list[dict]:
         man = json.loads((Path(s["out"]) / "sizewise.json").read_text())
     except (OSError, ValueError, KeyError):
         man = {}
+    recipe = None
+    if man:
+        base = man.get("recipe_name") or (s.get("recipe") if isinstance(s.get("recipe"), str) else None)
+        recipe = {"name": base, **(man.get("recipe") or {})}
     if man.get("prune"):
-        m["sparsity"] = man["prune"].get("measured_sparsity")
-        extra["prune"] = {k: v for k, v in man["prune"].items() if k not in ("log",)}
-    return [{"model": s["out"], "parent": model, "metrics": m, "extra": extra, "artifacts": [s["out"]]}]
+        pr = man["prune"]
+        m["sparsity"] = pr.get("measured_sparsity")
+        extra["prune"] = {k: v for k, v in pr.items() if k not in ("log",)}
+        recipe = {**(recipe or {}), "name": f"{pr.get('method')}-{pr.get('sparsity')}+{(recipe or {}).get('name')}",
+                  "prune": extra["prune"]}
+    return [{"model": s["out"], "parent": model, "recipe": recipe, "metrics": m, "extra": extra,
+             "artifacts": [s["out"]]}]
 
 
 def share_records(rec: dict, model: str, out: str) -> list[dict]:

@@ -26,6 +26,7 @@ ENV_PATH = "SIZEWISE_REGISTRY"
 ENV_TIMEOUT = "SIZEWISE_REGISTRY_TIMEOUT"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SHORT = 12  # characters of an id shown in tables
+MIN_PREFIX = 4  # shortest ID prefix accepted (as git): 'c' or 'ab' are too easy to mistype into a match
 
 
 def default_path() -> Path:
@@ -303,7 +304,7 @@ class Registry:
             raise SizewiseError("no model ID given: see `sizewise registry list`")
         c = self.conn
         low = ref.lower()
-        if all(ch in "0123456789abcdef" for ch in low):
+        if len(low) >= MIN_PREFIX and all(ch in "0123456789abcdef" for ch in low):
             rows = c.execute("SELECT id, name FROM models WHERE id LIKE ? ORDER BY id LIMIT 11",
                              (low + "%",)).fetchall()
             if len(rows) == 1:

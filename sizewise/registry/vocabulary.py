@@ -14,7 +14,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "bytes_on_disk": ("file_bytes", "bytes"),  # inspect --json file_bytes; export report / study rows `bytes`
     "top1": ("top1_agreement",),              # share --json quality
     "kld": ("kld_vs_src",),                   # export report
-    "tokens": ("eval_tokens",),               # share --json quality (tokens evaluated)
 }
 CANONICAL: dict[str, str] = {old: new for new, olds in ALIASES.items() for old in olds}
 
