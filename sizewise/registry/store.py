@@ -327,7 +327,9 @@ class Registry:
         recent = c.execute("SELECT id, name FROM models ORDER BY updated DESC, id LIMIT 8").fetchall()
         hint = ("recorded models: " + ", ".join(f"{i[:SHORT]} ({n})" for i, n in recent)) if recent else \
             f"the registry {self.path} is empty"
-        raise SizewiseError(f"unknown model ID {ref!r}; {hint} (see `sizewise registry list`)")
+        short = len(low) < MIN_PREFIX and all(ch in "0123456789abcdef" for ch in low)
+        why = f" (an ID prefix needs {MIN_PREFIX} characters or more)" if short else ""
+        raise SizewiseError(f"unknown model ID {ref!r}{why}; {hint} (see `sizewise registry list`)")
 
     def _model_row(self, mid: str) -> dict:
         r = self.conn.execute("SELECT id, kind, name, parent_id, recipe, recipe_name, created, updated "

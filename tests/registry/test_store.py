@@ -87,7 +87,7 @@ def test_prefix_ambiguous_unknown_list_candidates(reg_path):
         assert reg.resolve("abcd1") == "abcd1" + "0" * 59
         with pytest.raises(SizewiseError, match=r"ambiguous ID prefix 'abcd'.*abcd1.*\(one\).*abcd2.*\(two\)"):
             reg.resolve("abcd")
-        with pytest.raises(SizewiseError, match=r"unknown model ID 'ab'.*abcd"):
+        with pytest.raises(SizewiseError, match=r"unknown model ID 'ab' \(an ID prefix needs 4 characters.*abcd"):
             reg.resolve("ab")  # shorter than 4 characters: never a prefix match
         with pytest.raises(SizewiseError, match=r"unknown model ID 'ffff'; recorded models: .*\(one\)"):
             reg.resolve("ffff")
