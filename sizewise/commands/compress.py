@@ -75,6 +75,10 @@ def compress_command(model: str, recipe: str | None, out: str, force: bool = Fal
         from sizewise.commands.prune import validate_prune_options
         validate_prune_options(prune_opts)  # bad pruning options fail before the model loads
     is_hf_dir = src.is_dir() and any(src.glob("*.safetensors"))
+    if is_hf_dir and (src / "sizewise.json").exists():
+        if stream:
+            raise SizewiseError(f"{src} is a sizewise checkpoint (packed tensors): it is compressed in memory, drop --stream")
+        stream = False  # its packed modules (.qweight, .values/.bitmask) are not plain HF tensors to stream
     if is_hf_dir:  # headers only: a truncated or corrupt shard is one clear line before any loading
         from sizewise.io.safetensors_scan import scan_safetensors
         scan_safetensors(src)
@@ -132,6 +136,8 @@ def _in_memory(src: Path, spec: str, out: str, cfg, force: bool, calib_file, cal
         from sizewise.compression.recipes import recipe_name
         model = apply_prune_options(model, tok, {**prune_opts, "recipe": recipe_name(cfg)})
         extra["prune"] = getattr(model, "sizewise_prune", None)
+    if lm.kind == "sizewise" and not prune_opts:
+        extra["carried"] = repack_compressed_source(model, cfg)
     calib = None
     if cfg.needs_calibration:
         calib, source = _calibration(tok, cfg, calib_file, calib_tokens)
@@ -144,6 +150,48 @@ def _in_memory(src: Path, spec: str, out: str, cfg, force: bool, calib_file, cal
     with _progress() as prog:
         prog.add_task("save", total=None)
         return save_compressed(model, tok, out, None, src, force=force, extra=extra)
+
+
+def repack_compressed_source(model, cfg) -> dict[str, str]:
+    """A source that is itself a sizewise checkpoint (compress -> prune -> compress): its packed modules
+    are not nn.Linear, so the recipe pass would skip them silently. Pruned modules stored with fp16
+    values are re-packed with the value format the recipe implies (as `--prune ... --recipe R` would:
+    int8 for int8-wo, int4 for int4-gN); anything else already packed is refused in one line, naming
+    the parent to compress from instead. Returns name -> new scheme."""
+    import torch
+
+    from sizewise.commands.prune import value_format_for_recipe
+    from sizewise.compression.apply import set_module
+    from sizewise.compression.packed import is_packed
+    from sizewise.compression.recipes import recipe_name
+    from sizewise.compression.sparse import SparseLinear, int4_group_for
+
+    packed = {n: m for n, m in model.named_modules() if is_packed(m) and hasattr(m, "in_features")}
+    if not packed:
+        return {}
+    name = recipe_name(cfg)
+    others = sorted({m.scheme for m in packed.values() if not (isinstance(m, SparseLinear) and m.values_format == "fp16")})
+    try:
+        vf, group = value_format_for_recipe(name)
+    except SizewiseError:
+        vf, group = None, 0
+    if others or vf is None:
+        what = ", ".join(others) if others else "pruned (sparse fp16)"
+        raise SizewiseError(f"the source is already compressed ({what} modules) and recipe {name} cannot re-pack them: "
+                            "compress its parent instead (for pruned models: `sizewise compress PARENT --prune ... --recipe R`)")
+    if vf == "fp16":
+        return {}  # kept as they are
+    out = {}
+    for n, m in packed.items():
+        lin = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        lin.weight.data = m.dequantized_weight().float()
+        if m.bias is not None:
+            lin.bias.data = m.bias.detach().float()
+        g = int4_group_for(m.in_features, group or 128) if vf == "int4" else (group or 128)
+        new = SparseLinear.from_float(lin, m.mask, vf, m.n, m.m, g)
+        set_module(model, n, new)
+        out[n] = new.scheme
+    return out
 
 
 def _summary(manifest: dict, out: str) -> dict:

@@ -87,3 +87,27 @@ def test_truncated_input_is_one_line(tiny_hf_dir, tmp_path, recipe):
     r = run(tiny_hf_dir, "--recipe", recipe, "--out", tmp_path / "o")
     assert r.exit_code == 2 and "truncated" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_compressing_a_pruned_checkpoint_repacks_it_and_loads(tiny_hf_dir, tmp_path):
+    """compress -> prune -> compress: the second recipe is applied to the pruned modules (int8 values,
+    same mask), the result loads, and a recipe that cannot re-pack them is refused in one line."""
+    import torch
+
+    from sizewise.compression.sparse import SparseLinear
+    from sizewise.io.model_load import load_model
+
+    pruned, q = tmp_path / "p50", tmp_path / "q"
+    r = run(tiny_hf_dir, "--prune", "magnitude", "--sparsity", "0.5", "--out", pruned, "--no-record")
+    assert r.exit_code == 0, r.output
+    r = run(pruned, "--recipe", "int8-wo", "--out", q, "--json", "--no-record")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output[r.output.index("{"):])
+    assert set(summary["schemes"]) == {"sparse-bitmask-int8"} and not summary["streamed"]
+    src, out = load_model(str(pruned)).model, load_model(str(q)).model
+    a, b = src.model.layers[0].mlp.up_proj, out.model.layers[0].mlp.up_proj
+    assert isinstance(b, SparseLinear) and b.values_format == "int8" and torch.equal(a.mask, b.mask)
+    err = (a.dequantized_weight().float() - b.dequantized_weight().float()).abs().max()
+    assert 0 < err <= a.dequantized_weight().float().abs().max() / 127  # int8 rounding, nothing more
+    r = run(pruned, "--recipe", "int4-gptq-g64", "--out", tmp_path / "g", "--no-record")
+    assert r.exit_code == 2 and "already compressed" in r.output and not (tmp_path / "g").exists()
