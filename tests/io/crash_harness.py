@@ -320,14 +320,42 @@ class ExecRunner:
 
 # ------------------------------------------------------------------ one command's campaign
 
-def judge(cmd: Command, out: Path) -> tuple[str, str | None]:
-    """-> (outcome, why-not-complete) for what is under the final name now."""
+def content_hash(out: Path) -> dict[str, str]:
+    """{file: sha256} of an output (a directory's files, or the file itself), without the harness's
+    marker and without sizewise.json, whose `created`/`seconds` differ from run to run."""
+    if out.is_dir():
+        return {k: v for k, v in tree_hash(out).items() if k not in (OLD_MARKER, "sizewise.json")}
+    return {out.name: hashlib.sha256(out.read_bytes()).hexdigest()}
+
+
+def judge(cmd: Command, out: Path, ref: dict[str, str], old: dict[str, str] | None) -> tuple[str, str | None]:
+    """-> (outcome, why-not-complete) for what is under the final name now.
+
+    ref: content_hash of the unkilled run's output, which passed cmd.check (the full load);
+    old: content_hash of the output that was there before this run (None: there was none).
+    The old one, still there, must be byte-identical to what it was; a new one byte-identical to the
+    reference (the commands are deterministic) with a manifest that parses, or else pass the full
+    check itself."""
     if not os.path.lexists(out):
         return "absent", None
-    why = cmd.check(out)
-    if why is not None:
-        return "half-written", why
-    return ("complete-old" if is_marked_old(out) else "complete-new"), None
+    if is_marked_old(out):
+        if content_hash(out) != old:
+            return "half-written", "the old output was modified"
+        return "complete-old", None
+    if content_hash(out) == ref and (not out.is_dir() or _manifest_ok(out)):
+        return "complete-new", None
+    why = cmd.check(out)  # differs from the reference: must load on its own
+    return ("half-written", why) if why is not None else ("complete-new", None)
+
+
+def _manifest_ok(out: Path) -> bool:
+    if not (out / "sizewise.json").exists():
+        return True  # not a sizewise output (export targets): the hash comparison is the check
+    try:
+        man = json.loads((out / "sizewise.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(man.get("files")) and all((out / f).is_file() for f in man["files"])
 
 
 def mark_old(out: Path) -> None:
@@ -362,55 +390,61 @@ def remove_output(out: Path) -> None:
 
 def campaign(cmd: Command, src: Path, work: Path, kills: int, rng: random.Random, runner,
              log: Callable[[str], None] = lambda s: None) -> dict:
-    """Measure one full run, then `kills` runs killed at uniform delays in [0, 1.2 x that run's
+    """Measure one full run (after a warm-up run), then `kills` runs killed at uniform delays in [0, 1.2 x that run's
     duration] (half of them onto an existing output: the --force replace path), judging after each;
     then one run to completion: it must leave no temp siblings. Returns the counts and every trial."""
     work.mkdir(parents=True, exist_ok=True)
     out = work / cmd.out_name
     logf = work / "run.log"
     before = tree_hash(src)
-    ref = runner.run(cmd.argv(src, out), None, logf)
+    runner.run(cmd.argv(src, out), None, logf)  # warm-up: page cache, first-use imports in the helper's children
+    ref = runner.run(cmd.argv(src, out), None, logf)  # the measured run (replacing the warm-up's output)
     if ref.rc != 0 or cmd.check(out) is not None:
         raise RuntimeError(f"{cmd.name}: the unkilled run failed (rc {ref.rc}): {logf.read_text()[-2000:]}")
-    duration = ref.seconds
+    duration, ref_hash = ref.seconds, content_hash(out)
     counts = {"absent": 0, "complete-new": 0, "complete-old": 0, "half-written": 0, "run-failed": 0}
     trials, input_changed, max_siblings, lost_old = [], 0, 0, 0
     finished_before_kill = 0
+    complete = True  # is what is under the final name now a complete output (judged)?
     for i in range(kills):
         replace = rng.random() < 0.5
+        old = None
         if replace:
-            if not os.path.lexists(out) or cmd.check(out) is not None:
+            if not complete:
                 remove_output(out)
                 r0 = runner.run(cmd.argv(src, out), None, logf)  # an old output to be replaced
-                if r0.rc != 0:
+                if r0.rc != 0 or content_hash(out) != ref_hash:
                     raise RuntimeError(f"{cmd.name}: setup run failed: {logf.read_text()[-2000:]}")
             mark_old(out)
+            old = content_hash(out)
         else:
             remove_output(out)
         delay = rng.uniform(0.0, 1.2 * duration)
         r = runner.run(cmd.argv(src, out), delay, logf)
-        outcome, why = judge(cmd, out)
+        outcome, why = judge(cmd, out, ref_hash, old)
         if not r.killed:
             finished_before_kill += 1
             if r.rc != 0:
                 outcome, why = "run-failed", f"rc {r.rc}: {logf.read_text()[-300:]}"
         if replace and outcome == "absent":
             lost_old += 1  # the old output vanished: as bad as a half-written one
+        complete = outcome.startswith("complete")
         counts[outcome] += 1
         changed = tree_hash(src) != before
         input_changed += changed
         sib = siblings(out)
         max_siblings = max(max_siblings, len(sib))
         trials.append({"i": i, "delay_s": round(delay, 4), "replace": replace, "killed": r.killed,
-                       "outcome": outcome, "why": why, "input_changed": changed, "temp_siblings": len(sib)})
+                       "seconds": round(r.seconds, 4), "outcome": outcome, "why": why, "input_changed": changed,
+                       "temp_siblings": len(sib)})
         log(f"{cmd.name} #{i}: delay {delay:.3f}s {'replace' if replace else 'fresh'} -> {outcome}"
             f"{' (finished first)' if not r.killed else ''}{' why: ' + why if why else ''}; temps {len(sib)}")
         clear_mark(out)
     final = runner.run(cmd.argv(src, out), None, logf)
     left = siblings(out)
     return {"command": cmd.name, "argv": cmd.argv(Path("SRC"), Path("OUT")), "run_seconds": round(duration, 3),
-            "kills": kills, "killed": kills - finished_before_kill, "finished_before_kill": finished_before_kill,
+            "runs": kills, "killed": kills - finished_before_kill, "finished_before_kill": finished_before_kill,
             "outcomes": counts, "old_output_lost": lost_old, "input_changed": input_changed,
             "max_temp_siblings_after_a_kill": max_siblings, "final_run_rc": final.rc,
-            "final_complete": cmd.check(out) is None, "temp_siblings_after_next_run": len(left),
+            "final_complete": final.rc == 0 and cmd.check(out) is None, "temp_siblings_after_next_run": len(left),
             "temp_siblings_left": left, "trials": trials}
