@@ -426,8 +426,15 @@ def campaign(cmd: Command, src: Path, work: Path, kills: int, rng: random.Random
             finished_before_kill += 1
             if r.rc != 0:
                 outcome, why = "run-failed", f"rc {r.rc}: {logf.read_text()[-300:]}"
+        restored = False
         if replace and outcome == "absent":
-            lost_old += 1  # the old output vanished: as bad as a half-written one
+            # only the two-rename fallback (no renameat2 exchange) can get here: killed with the old output
+            # moved aside. The next run's first step is recover(); do exactly that and judge again.
+            from sizewise.io.atomic import recover
+            restored = bool(recover(out)["restored"])
+            outcome, why = judge(cmd, out, ref_hash, old)
+            if outcome != "complete-old":
+                lost_old += 1  # the old output is gone for good: as bad as a half-written one
         complete = outcome.startswith("complete")
         counts[outcome] += 1
         changed = tree_hash(src) != before
@@ -435,7 +442,7 @@ def campaign(cmd: Command, src: Path, work: Path, kills: int, rng: random.Random
         sib = siblings(out)
         max_siblings = max(max_siblings, len(sib))
         trials.append({"i": i, "delay_s": round(delay, 4), "replace": replace, "killed": r.killed,
-                       "seconds": round(r.seconds, 4), "outcome": outcome, "why": why, "input_changed": changed,
+                       "seconds": round(r.seconds, 4), "outcome": outcome, "restored_by_recover": restored, "why": why, "input_changed": changed,
                        "temp_siblings": len(sib)})
         log(f"{cmd.name} #{i}: delay {delay:.3f}s {'replace' if replace else 'fresh'} -> {outcome}"
             f"{' (finished first)' if not r.killed else ''}{' why: ' + why if why else ''}; temps {len(sib)}")
@@ -444,7 +451,8 @@ def campaign(cmd: Command, src: Path, work: Path, kills: int, rng: random.Random
     left = siblings(out)
     return {"command": cmd.name, "argv": cmd.argv(Path("SRC"), Path("OUT")), "run_seconds": round(duration, 3),
             "runs": kills, "killed": kills - finished_before_kill, "finished_before_kill": finished_before_kill,
-            "outcomes": counts, "old_output_lost": lost_old, "input_changed": input_changed,
+            "outcomes": counts, "old_output_lost": lost_old,
+            "restored_by_recover": sum(t["restored_by_recover"] for t in trials), "input_changed": input_changed,
             "max_temp_siblings_after_a_kill": max_siblings, "final_run_rc": final.rc,
             "final_complete": final.rc == 0 and cmd.check(out) is None, "temp_siblings_after_next_run": len(left),
             "temp_siblings_left": left, "trials": trials}
