@@ -21,7 +21,6 @@ Run: .venv/bin/python benchmarks/bench_int4_grid.py [--group 64] [--tokens 4096]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -119,8 +118,8 @@ def main() -> None:
     out = {"benchmark": "int4_grid", "group_size": g, "eval_tokens": a.tokens, "calib": list(calib.shape),
            "parent_ppl": ref.quality.ppl, "rows": rows, "machine": machine(),
            "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2))
+    from sizewise.io.atomic import atomic_write_json
+    atomic_write_json(a.out, out)  # a kill mid-write keeps the previous result whole
     print(f"wrote {a.out}")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,7 +291,8 @@ def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = F
                                       progress=lambda d, t: phase("reference", d, t))
         t_parent = time.perf_counter() - t_start  # load + reference: shared by every row
         rows = []
-        tmp = Path(tempfile.mkdtemp(prefix="sizewise-study-"))
+        from sizewise.io.atomic import scratch_dir
+        tmp = scratch_dir("sizewise-study")  # named by this process: a killed study's is removed next time
         try:
             for name in recipes:
                 cfg = RECIPES[name]
@@ -437,9 +437,10 @@ def write_outputs(study: dict, out_dir: Path) -> list[Path]:
     from sizewise.report.plots import study_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_json(out_dir / "study.json", study), atomic_write_text(out_dir / "study.md", markdown(study))]
-    paths += study_plots(study, out_dir)
-    return paths
+    # study.json last: each file is replaced whole, and a study.json newer than the others means they
+    # are all from this run (a kill in between leaves the previous study.json with its own md/plots)
+    paths = [atomic_write_text(out_dir / "study.md", markdown(study)), *study_plots(study, out_dir)]
+    return [atomic_write_json(out_dir / "study.json", study), *paths]
 
 
 def default_out_dir(model_spec: str) -> Path:

@@ -288,10 +288,10 @@ def plot(result: dict, path: Path) -> None:
     axes[1].legend(fontsize=7)
     fig.suptitle(f"Quality vs sparsity: {result['model']}")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from sizewise.io.atomic import atomic_path
+    with atomic_path(path) as tmp:  # owner-named temp: no fixed name two runs could share
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:

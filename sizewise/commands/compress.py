@@ -50,6 +50,7 @@ def compress_command(model: str, recipe: str | None, out: str, force: bool = Fal
     from sizewise.compression.checkpoint import check_out_path
     from sizewise.compression.recipes import get_recipe
     from sizewise.compression.streaming import streamable
+    from sizewise.io.atomic import recover as recover_output
     from sizewise.io.bundled import resolve_path
 
     t0 = time.perf_counter()
@@ -64,6 +65,7 @@ def compress_command(model: str, recipe: str | None, out: str, force: bool = Fal
     if not src.exists():
         raise SizewiseError(f"model not found: {src} (give a .gguf file, an HF directory, or 'bundled')")
     check_out_path(out, src)
+    recover_output(out)  # a killed earlier run's temps; its old --out put back if it was moved aside
     if Path(out).exists() and not force:
         raise SizewiseError(f"{out} already exists: choose another output path or pass --force to replace it")
     if calib_file and not Path(calib_file).is_file():

@@ -20,6 +20,8 @@ def export_command(src: str, to: str, out: str, type_: str | None, allow_requant
         raise SizewiseError(f"unknown --type {type_!r} for --to {to}: valid types are {valid}")
     if measure_tokens < 0:
         raise SizewiseError(f"--measure-tokens must be 0 or more (got {measure_tokens})")
+    from sizewise.io.atomic import recover
+    recover(out)  # a killed earlier run's temps; its old --out put back if it was moved aside
     if Path(out).exists() and not force:
         raise SizewiseError(f"{out} already exists: choose another --out or pass --force to replace it")
     report = mod.export(src, Path(out), type_=type_, allow_requantize=allow_requantize, force=force,

@@ -218,6 +218,8 @@ def share_command(model: str, out: str, group_size: int = 2, projections: str = 
         raise SizewiseError(f"--steps {steps}: give a number of fine-tuning steps >= 0")
     if group_size < 2:
         raise SizewiseError(f"--group-size {group_size}: sharing needs at least 2 layers per group")
+    from sizewise.io.atomic import recover
+    recover(out)  # a killed earlier run's temps; its old --out put back if it was moved aside
     if Path(out).exists() and not force:
         raise SizewiseError(f"{out} already exists: choose another output path or pass --force to replace it")
     lm = load_model(model)

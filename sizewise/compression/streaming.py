@@ -35,7 +35,9 @@ from sizewise.compression.recipes import (BaseConfig, DtypeConfig, Int4WeightOnl
                                           Int8WeightOnlyConfig, recipe_name)
 from sizewise.errors import SizewiseError
 
-STREAM_SHARD_BYTES = 256 * 2**20  # output shard bound: keeps peak RSS low
+# output shard bound: keeps peak RSS low. SIZEWISE_STREAM_SHARD_BYTES overrides it (the crash tests use
+# it to make a few-MB model write many shards)
+STREAM_SHARD_BYTES = int(os.environ.get("SIZEWISE_STREAM_SHARD_BYTES") or 256 * 2**20)
 ROW_CHUNK = 256  # rows quantized at once (multiple of 8: zero points pack along rows); bounds the working memory
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I8": torch.int8,
               "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool,

@@ -95,6 +95,8 @@ def test_atomic_dir_exception_leaves_old_intact(tmp_path):
 
 
 def test_atomic_dir_failed_rename_restores_old(tmp_path, monkeypatch):
+    """The two-rename fallback (no renameat2 exchange): a failed second rename puts the old back."""
+    monkeypatch.setenv("SIZEWISE_NO_RENAME_EXCHANGE", "1")
     final = tmp_path / "out"
     final.mkdir()
     (final / "old.txt").write_text("old")
@@ -130,3 +132,19 @@ def test_modes_follow_umask_not_tempfile(tmp_path):
     with atomic_dir(tmp_path / "out"):
         pass
     assert (tmp_path / "out").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777
+
+
+def test_atomic_dir_failed_exchange_keeps_old(tmp_path, monkeypatch):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+
+    def broken(a, b):
+        raise OSError("exchange failed")
+
+    monkeypatch.setattr(atomic, "exchange", broken)
+    with pytest.raises(OSError, match="exchange failed"):
+        with atomic_dir(final, force=True) as d:
+            (d / "new.txt").write_text("new")
+    assert sorted(x.name for x in final.iterdir()) == ["old.txt"]
+    assert [x.name for x in tmp_path.iterdir()] == ["out"]
