@@ -1,0 +1,1 @@
+"""Run registry (store, lineage), paired comparisons and interleaved timing."""
