@@ -548,12 +548,15 @@ def markdown(study: dict) -> str:
 
 
 def write_outputs(study: dict, out_dir: Path) -> list[Path]:
-    """study.json, study.md and the plots, each written atomically."""
+    """study.json, study.md, report.html (self-contained: tables, plots, lineage) and the PNG
+    plots, each written atomically."""
     from sizewise.io.atomic import atomic_write_json, atomic_write_text
+    from sizewise.report.html import render_study
     from sizewise.report.plots import study_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_json(out_dir / "study.json", study), atomic_write_text(out_dir / "study.md", markdown(study))]
+    paths = [atomic_write_json(out_dir / "study.json", study), atomic_write_text(out_dir / "study.md", markdown(study)),
+             atomic_write_text(out_dir / "report.html", render_study(study))]
     paths += study_plots(study, out_dir)
     return paths
 

@@ -25,7 +25,9 @@ def study(tiny_model_dir, tmp_path_factory):
 def test_study_writes_json_markdown_and_plots(study):
     s, out, paths = study
     names = {p.name for p in paths}
-    assert {"study.json", "study.md", "size_vs_ppl.png", "speed_vs_ppl.png"} <= names
+    assert {"study.json", "study.md", "report.html", "size_vs_ppl.png", "speed_vs_ppl.png"} <= names
+    page = (out / "report.html").read_text()
+    assert 'id="measured"' in page and 'id="claims"' in page and page.count("<svg") == 2 and "int8-wo" in page
     for p in paths:
         if p.suffix == ".png":
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
