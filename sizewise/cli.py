@@ -206,6 +206,45 @@ def study(
     _record("study", lambda: study_records(st, model, _study_out(), keep), no_record, registry)
 
 
+# --- compare / report (registry) ---
+
+@app.command()
+@user_errors
+def compare(
+    models: list[str] = typer.Argument(..., help="Two or more models as `eval` takes them; the first is the reference."),
+    parent: Optional[str] = typer.Option(None, "--parent", help="Common parent for KLD/top-1 (default: the first model)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", help="Evaluation text file(s) instead of pydoc_data.topics."),
+    tokens: int = typer.Option(4096, "--tokens", help="Score the first N tokens (the same for every model)."),
+    window: int = typer.Option(512, "--window", help="Non-overlapping window length; each scored on its own."),
+    block: int = typer.Option(32, "--block", help="Tokens per bootstrap block (neighbouring tokens are correlated)."),
+    no_speed: bool = typer.Option(False, "--no-speed", help="Quality only: skip the interleaved timing."),
+    batches: str = typer.Option("1", "--batches", help="Decode batch sizes to time, comma-separated."),
+    decode_steps: int = typer.Option(16, "--decode-steps", help="Greedy tokens per timed decode run."),
+    prefill_tokens: int = typer.Option(512, "--prefill-tokens", help="Prompt length of the timed prefill."),
+    rounds: int = typer.Option(4, "--rounds", help="Least interleaved timing rounds (after one warm-up)."),
+    max_rounds: int = typer.Option(10, "--max-rounds", help="Most rounds, spent only while an interval is wider than ±4 %."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (the parent is always fp32)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+) -> None:
+    """Paired quality (NLL difference with a block-bootstrap CI, KLD, top-1) and interleaved speed."""
+    from sizewise.commands.compare import compare_command
+    compare_command(models=models, parent=parent, text=text, tokens=tokens, window=window, block=block,
+                    no_speed=no_speed, batches=batches, decode_steps=decode_steps, prefill_tokens=prefill_tokens,
+                    rounds=rounds, max_rounds=max_rounds, json_out=json_out, out=out, dtype=dtype)
+
+
+@app.command()
+@user_errors
+def report(
+    src: str = typer.Argument(..., help="A study directory (study.json), a compare result JSON, or a registry run ID."),
+    out: str = typer.Option("report.html", "--out", help="The HTML file to write (self-contained)."),
+) -> None:
+    """One self-contained HTML page: tables, claimed vs measured, Pareto plots, lineage, machine."""
+    from sizewise.commands.report import report_command
+    report_command(src=src, out=out)
+
+
 # --- prune / share (sparsity) ---
 
 @app.command()

@@ -44,11 +44,64 @@ class StudySettings:
     decode_steps: int = 32
     decode_prompt: int = 64
     batches: tuple[int, ...] = (1, 8)
-    runs: int = 3
+    runs: int = 4  # at least this many interleaved rounds (variant and parent in turns) after a warm-up
+    max_rounds: int = 10  # more rounds only while a speed ratio's 95 % interval is wider than ±4 %
     compile: bool = False  # torch.compile the decode step (compile time is reported per variant)
 
 
-QUICK_SETTINGS = StudySettings(eval_tokens=4096, decode_steps=16)
+# 8 decode steps (was 16) pays for timing the parent beside every variant: same study time.
+QUICK_SETTINGS = StudySettings(eval_tokens=4096, decode_steps=8, max_rounds=6)
+REFERENCE = "fp32"  # the row every ratio is against; its weights are the parent's
+
+
+def _paired_speed(parent, name: str, model, tokens, s: StudySettings, phase: "ProgressHook") -> dict:
+    """The variant timed in turns with the fp32 parent (registry/timing.py): its tok/s plus, per
+    metric, the paired speedup over the parent with a 95 % interval, the machine load during
+    the run and the verdict (ok / same / noisy / busy) that decides what the table may print."""
+    from sizewise.evaluate import speed
+
+    res = speed.interleaved_speed({"parent": parent, name: model}, tokens, s.batches, s.prefill_tokens,
+                                  s.decode_steps, s.decode_prompt, min_rounds=s.runs,
+                                  max_rounds=max(s.runs, s.max_rounds), compile=s.compile,
+                                  on_phase=lambda p: phase(p, 0, 1))
+    out = dict(res["models"][name])
+    out["peak_rss_bytes"] = speed.peak_rss_bytes()
+    out["interleaved"] = {"against": "fp32 parent (same process, alternating rounds)", "rounds": res["rounds"],
+                          "ratios": {m: v[name] for m, v in res["ratios"].items()},
+                          "verdicts": {m: v[name] for m, v in res["verdicts"].items()},
+                          "load": res["load"], "load_text": res["load_text"], "parent": res["models"]["parent"]}
+    return out
+
+
+def _pool_reference_speed(rows: list[dict], parent, tokens, s: StudySettings) -> None:
+    """Give the fp32 row the parent's speed: the median of every parent run timed beside the
+    other variants (or, when fp32 is the only row, a run of its own)."""
+    import statistics
+
+    from sizewise.evaluate import speed
+
+    ref = next((r for r in rows if r["recipe"] == REFERENCE), None)
+    if ref is None or ref.get("speed") is not None:
+        return
+    others = [r["speed"]["interleaved"]["parent"] for r in rows if r.get("speed") and "interleaved" in r["speed"]]
+    if not others:
+        res = speed.interleaved_speed({REFERENCE: parent}, tokens, s.batches, s.prefill_tokens, s.decode_steps,
+                                      s.decode_prompt, min_rounds=s.runs, max_rounds=s.runs, compile=s.compile)
+        ref["speed"] = {**res["models"][REFERENCE], "peak_rss_bytes": ref["peak_rss_bytes"],
+                        "pooled": {"load": res["load"], "load_text": res["load_text"]}}
+        return
+    pooled = {m: [t for o in others for t in o["timings"][m]["runs_s"]] for m in others[0]["timings"]}
+    med = {m: statistics.median(v) for m, v in pooled.items()}
+    base = others[0]
+    ref["speed"] = {
+        **{k: base[k] for k in ("prefill_tokens", "decode_steps", "decode_prompt", "warmup", "decoder")},
+        "prefill_tok_s": base["prefill_tokens"] / med["prefill"] if "prefill" in med else None,
+        "decode_tok_s": {b: float(b) * base["decode_steps"] / med[f"decode_b{b}"] for b in base["decode_tok_s"]},
+        "runs": len(pooled.get("prefill", [])),
+        "timings": {m: {"median_s": med[m], "runs_s": v, "warmup": base["warmup"]} for m, v in pooled.items()},
+        "peak_rss_bytes": ref["peak_rss_bytes"],
+        "pooled": {"from": [r["recipe"] for r in rows if r.get("speed") and "interleaved" in r["speed"]],
+                   "note": "the parent's runs timed beside each variant"}}
 
 
 def parse_recipes(spec: str | None, quick: bool = False) -> list[str]:
@@ -244,9 +297,13 @@ def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp
     q = metrics.compare(model, ref, progress=lambda d, t: phase("quality", d, t))
     row["quality"] = q.to_dict()
     phase("speed", 0, 1)
-    sp = speed.measure_speed(model, tokens, s.batches, s.prefill_tokens, s.decode_steps, s.decode_prompt,
-                             s.runs, on_phase=lambda p: phase(p, 0, 1), compile=s.compile)
-    row["speed"] = sp.to_dict()
+    speed.reset_peak_rss()
+    if name == REFERENCE:
+        # The fp32 row is the parent's own weights: its speed is the parent's, pooled from every
+        # other row's interleaved run (`_pool_reference_speed`), which saves a self-comparison.
+        row["speed"] = None
+    else:
+        row["speed"] = _paired_speed(parent, name, model, tokens, s, phase)
     row["peak_rss_bytes"] = speed.peak_rss_bytes()
     del model
     torch.set_default_dtype(torch.float32)
@@ -309,6 +366,7 @@ def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = F
                 prog.update(top, advance=1)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        _pool_reference_speed(rows, parent, tokens, s)
     _add_ratios(rows)
     return {
         "model": model_spec, "source": str(lm.source), "source_kind": lm.kind,
@@ -337,10 +395,23 @@ def _add_ratios(rows: list[dict]) -> None:
     bp = base["quality"]["ppl"]
     for r in rows:
         sp, bs = r["speed"], base["speed"]
+        il = sp.get("interleaved")
+        if il:  # paired against the parent in the same rounds: the estimate, its interval and verdict
+            est = {m: v["estimate"] for m, v in il["ratios"].items()}
+            prefill = est.get("prefill")
+            decode = {b: est[f"decode_b{b}"] for b in sp["decode_tok_s"]}
+            verdicts = {"prefill": il["verdicts"].get("prefill"),
+                        **{b: il["verdicts"][f"decode_b{b}"] for b in sp["decode_tok_s"]}}
+        else:  # the reference itself (or an old study without interleaving)
+            prefill = sp["prefill_tok_s"] / bs["prefill_tok_s"]
+            decode = {b: sp["decode_tok_s"][b] / bs["decode_tok_s"][b] for b in sp["decode_tok_s"]}
+            ref = {"status": "reference", "reasons": [], "cell": "1.00x (ref)"}
+            verdicts = {"prefill": ref, **{b: ref for b in sp["decode_tok_s"]}} if r is base else {}
         r["ratios"] = {
             "compression": (base["bytes"] / r["bytes"]) if base.get("bytes") and r.get("bytes") else None,
-            "prefill_speedup": sp["prefill_tok_s"] / bs["prefill_tok_s"],
-            "decode_speedup": {b: sp["decode_tok_s"][b] / bs["decode_tok_s"][b] for b in sp["decode_tok_s"]},
+            "prefill_speedup": prefill,
+            "decode_speedup": decode,
+            "speed_verdicts": verdicts,
             "delta_ppl_pct": 100.0 * (r["quality"]["ppl"] - bp) / bp,
         }
         if r.get("bytes") and r.get("expected_bytes"):
@@ -364,6 +435,60 @@ def _fmt(v, spec: str, none: str = "n/a") -> str:
     return format(v, spec)
 
 
+def speed_cell(row: dict, key: str) -> str:
+    """A speedup as the table may print it: the ratio only when its verdict is "ok" or it is the
+    reference; otherwise the interval and a flag (never a bare number the noise could flip).
+    key: "prefill" or a batch ("1", "8"). Studies written before interleaving print the ratio."""
+    ra = row.get("ratios", {})
+    v = (ra.get("speed_verdicts") or {}).get(key)
+    if v:
+        return v["cell"]
+    val = ra.get("prefill_speedup") if key == "prefill" else (ra.get("decode_speedup") or {}).get(key)
+    return f"{_fmt(val, '.2f')}x"
+
+
+def timing_notes(study: dict) -> list[str]:
+    """One line on how speed was measured, one per row whose timing is not trustworthy, and the
+    machine's load; shared by study.md and report.html."""
+    st = study["settings"]
+    out = [f"Speed: each variant timed in turns with the fp32 parent in this process (AB, BA, ... rounds, one "
+           f"warm-up round discarded, {st['runs']}-{st.get('max_rounds', st['runs'])} rounds until the 95 % interval "
+           "of the paired ratio is within ±4 %). A speedup is printed only when its interval is within ±10 %, "
+           "excludes 1, and other processes used at most 10 % of the CPUs; otherwise the cell shows the interval "
+           "and why (busy! = others used the CPUs, noisy! = wide interval, ≈1 = no measurable difference)."]
+    for r in study["recipes"]:
+        il = (r.get("speed") or {}).get("interleaved")
+        if not il:
+            continue
+        bad = {m: v for m, v in il["verdicts"].items() if v["status"] in ("busy", "noisy")}
+        if bad:
+            why = sorted({reason for v in bad.values() for reason in v["reasons"]})
+            out.append(f"⚠ {r['recipe']}: timing not trustworthy ({', '.join(sorted(bad))}): {'; '.join(why)}.")
+        else:
+            out.append(f"{r['recipe']}: {il['rounds']} rounds; {il['load_text']}.")
+    return out
+
+
+def claims_rows(study: dict) -> list[dict]:
+    """The commonly quoted table (CLAIMED) beside this run's measurements, one dict per precision."""
+    pick = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-wo", "int4": "int4-g64"}
+    rows = study["recipes"]
+    by = {r["recipe"]: r for r in rows}
+    out = []
+    for prec, claim in study.get("claimed", CLAIMED).items():
+        r = by.get(pick.get(prec, prec)) or next((x for x in rows if x["recipe"].startswith(prec)), None)
+        if r is None:
+            out.append({"precision": prec, "recipe": None, **{f"claimed_{k}": v for k, v in claim.items()},
+                        "measured_compression": "-", "measured_speed": "-", "measured_quality_loss": "-"})
+            continue
+        ra = r.get("ratios", {})
+        out.append({"precision": prec, "recipe": r["recipe"], **{f"claimed_{k}": v for k, v in claim.items()},
+                    "measured_compression": f"{_fmt(ra.get('compression'), '.2f')}x",
+                    "measured_speed": speed_cell(r, "1"),
+                    "measured_quality_loss": f"{_fmt(ra.get('delta_ppl_pct'), '+.2f')} %"})
+    return out
+
+
 def markdown(study: dict) -> str:
     rows = study["recipes"]
     p = study["parent"]
@@ -377,8 +502,9 @@ def markdown(study: dict) -> str:
              f"corpus {st['corpus']}).", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads). "
              f"Speed: prefill {st['prefill_tokens']} tokens; greedy decode {st['decode_steps']} steps after a "
-             f"{st['decode_prompt']}-token prompt, static KV cache; median of {st['runs']} runs after a warm-up. "
-             "Ratios are against the fp32 row of this same run.", "",
+             f"{st['decode_prompt']}-token prompt, static KV cache; tok/s from the median round. "
+             "Ratios are against the fp32 parent, paired round by round in this same run.", "",
+             *[ln for n in timing_notes(study) for ln in (n, "")],
              "| recipe | act dtype | size | compression | prefill tok/s | prefill x | "
              + " | ".join(f"decode b{b} tok/s | decode b{b} x" for b in st["batches"])
              + " | ppl | Δppl % | KLD | top-1 % | weights in RAM | peak RSS | kernel |",
@@ -387,11 +513,10 @@ def markdown(study: dict) -> str:
         q, sp, ra = r["quality"], r["speed"], r.get("ratios", {})
         name = r["recipe"] + (" (source grid)" if r.get("matches_source_grid") else "") + (" ★" if r["recipe"] in front else "")
         kern = "; ".join(sorted(r["kernels"], key=r["kernels"].get, reverse=True)[:1])
-        dec = " | ".join(f"{sp['decode_tok_s'][str(b)]:.1f} | {_fmt((ra.get('decode_speedup') or {}).get(str(b)), '.2f')}x"
-                         for b in st["batches"])
+        dec = " | ".join(f"{sp['decode_tok_s'][str(b)]:.1f} | {speed_cell(r, str(b))}" for b in st["batches"])
         lines.append(
             f"| {name} | {r['activation_dtype']} | {_fmt(r.get('bytes') and r['bytes'] / 1e6, '.1f')} MB | "
-            f"{_fmt(ra.get('compression'), '.2f')}x | {sp['prefill_tok_s']:.0f} | {_fmt(ra.get('prefill_speedup'), '.2f')}x | "
+            f"{_fmt(ra.get('compression'), '.2f')}x | {sp['prefill_tok_s']:.0f} | {speed_cell(r, 'prefill')} | "
             f"{dec} | {q['ppl']:.3f} | {_fmt(ra.get('delta_ppl_pct'), '+.2f')} | {_fmt(q['kld'], '.4f')} | "
             f"{_fmt(q['top1'] is not None and 100 * q['top1'], '.1f')} | {_fmt(r.get('resident_bytes') and r['resident_bytes'] / 1e6, '.0f')} MB | "
             f"{r['peak_rss_bytes'] / 2**20:.0f} MiB | {kern} |")
@@ -408,18 +533,10 @@ def markdown(study: dict) -> str:
               "The commonly quoted table (no model, machine or method given) beside this run:", "",
               "| precision | claimed compression | measured | claimed speed | measured decode b1 | claimed quality loss | measured Δppl % |",
               "|---|---:|---:|---:|---:|---:|---:|"]
-    pick = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-wo", "int4": "int4-g64"}
-    by = {r["recipe"]: r for r in rows}
-    for prec, claim in CLAIMED.items():
-        r = by.get(pick[prec]) or next((x for x in rows if x["recipe"].startswith(prec)), None)
-        if r is None:
-            lines.append(f"| {prec} (not in this run) | {claim['compression']} | - | {claim['speed']} | - | "
-                         f"{claim['quality_loss']} | - |")
-            continue
-        ra = r.get("ratios", {})
-        lines.append(f"| {prec} ({r['recipe']}) | {claim['compression']} | {_fmt(ra.get('compression'), '.2f')}x | "
-                     f"{claim['speed']} | {_fmt((ra.get('decode_speedup') or {}).get('1'), '.2f')}x | "
-                     f"{claim['quality_loss']} | {_fmt(ra.get('delta_ppl_pct'), '+.2f')} |")
+    for c in claims_rows(study):
+        label = f"{c['precision']} ({c['recipe']})" if c["recipe"] else f"{c['precision']} (not in this run)"
+        lines.append(f"| {label} | {c['claimed_compression']} | {c['measured_compression']} | {c['claimed_speed']} | "
+                     f"{c['measured_speed']} | {c['claimed_quality_loss']} | {c['measured_quality_loss']} |")
     notes = [f"- {r['recipe']}: {n}" for r in rows for n in r.get("notes", [])]
     size_chk = [f"- {r['recipe']}: {r['bytes']:,} B on disk vs {r['expected_bytes']:,} B from size_in_format "
                 f"({r['size_vs_formula_pct']:+.2f} %)" for r in rows if r.get("size_vs_formula_pct") is not None]
@@ -432,14 +549,17 @@ def markdown(study: dict) -> str:
 
 
 def write_outputs(study: dict, out_dir: Path) -> list[Path]:
-    """study.json, study.md and the plots, each written atomically."""
+    """study.json, study.md, report.html (self-contained: tables, plots, lineage) and the PNG
+    plots, each written atomically."""
     from sizewise.io.atomic import atomic_write_json, atomic_write_text
+    from sizewise.report.html import render_study
     from sizewise.report.plots import study_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # study.json last: each file is replaced whole, and a study.json newer than the others means they
     # are all from this run (a kill in between leaves the previous study.json with its own md/plots)
-    paths = [atomic_write_text(out_dir / "study.md", markdown(study)), *study_plots(study, out_dir)]
+    paths = [atomic_write_text(out_dir / "study.md", markdown(study)),
+             atomic_write_text(out_dir / "report.html", render_study(study)), *study_plots(study, out_dir)]
     return [atomic_write_json(out_dir / "study.json", study), *paths]
 
 

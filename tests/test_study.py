@@ -11,7 +11,8 @@ from sizewise.errors import SizewiseError
 from sizewise.study import StudySettings, parse_recipes, pareto_front, run_study, write_outputs
 
 runner = CliRunner()
-SMALL = StudySettings(eval_tokens=1024, decode_steps=4, decode_prompt=16, prefill_tokens=64, runs=1)
+SMALL = StudySettings(eval_tokens=1024, decode_steps=4, decode_prompt=16, prefill_tokens=64, runs=2,
+                      max_rounds=2)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,9 @@ def study(tiny_model_dir, tmp_path_factory):
 def test_study_writes_json_markdown_and_plots(study):
     s, out, paths = study
     names = {p.name for p in paths}
-    assert {"study.json", "study.md", "size_vs_ppl.png", "speed_vs_ppl.png"} <= names
+    assert {"study.json", "study.md", "report.html", "size_vs_ppl.png", "speed_vs_ppl.png"} <= names
+    page = (out / "report.html").read_text()
+    assert 'id="measured"' in page and 'id="claims"' in page and page.count("<svg") == 2 and "int8-wo" in page
     for p in paths:
         if p.suffix == ".png":
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -52,6 +55,25 @@ def test_study_rows_carry_the_documented_measurements(study):
     assert 0 < i8["quality"]["kld"] < 0.05 and i8["quality"]["top1"] > 0.9
     assert abs(i8["bytes"] - i8["expected_bytes"]) / i8["expected_bytes"] < 0.01
     assert s["parent"]["quality"]["n_predicted"] == 1022
+
+
+def test_study_speed_is_interleaved_with_the_parent_and_judged(study):
+    s, out, _ = study
+    rows = {r["recipe"]: r for r in s["recipes"]}
+    il = rows["int8-wo"]["speed"]["interleaved"]
+    assert il["rounds"] == 2 and set(il["ratios"]) == {"prefill", "decode_b1", "decode_b8"}
+    r = il["ratios"]["decode_b1"]
+    assert r["lo"] <= r["estimate"] <= r["hi"] and r["n"] == 2
+    assert {"background", "loadavg1", "cpus"} <= set(il["load"])
+    v = rows["int8-wo"]["ratios"]["speed_verdicts"]
+    assert {v[k]["status"] for k in ("prefill", "1", "8")} <= {"ok", "same", "noisy", "busy"}
+    # 2 rounds: t(1 df) = 12.7, so no interval here is tight enough to print a bare ratio
+    assert all(v[k]["status"] in ("noisy", "busy") for k in ("prefill", "1", "8"))
+    assert rows["fp32"]["ratios"]["speed_verdicts"]["1"]["status"] == "reference"
+    assert rows["fp32"]["speed"]["pooled"]["from"] == ["int8-wo"]  # the parent's runs beside int8-wo
+    md = (out / "study.md").read_text()
+    assert "timed in turns with the fp32 parent" in md and "timing not trustworthy" in md
+    assert f"| {rows['int8-wo']['ratios']['decode_speedup']['1']:.2f}x |" not in md  # no bare ratio printed
 
 
 def test_parse_recipes_lists_valid_names_and_adds_the_baseline():

@@ -201,3 +201,103 @@ def dir_bytes(path: str | os.PathLike) -> int:
     for root, _, files in os.walk(p):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
     return total
+
+
+# --- interleaved (paired) speed: what study and compare report ----------------------------------
+
+def prefill_task(name: str, model, tokens: Sequence[int], n: int = PREFILL_TOKENS):
+    """A timing.Task that prefills one `n`-token sequence (cache reset untimed before each run)."""
+    from sizewise.registry.timing import Task
+
+    dec = make_decoder(model, 1, n)
+    ids = _prompts(tokens, 1, n)
+    return Task(name, lambda: dec.forward(ids), setup=dec.reset, work=float(n)), dec
+
+
+def decode_task(name: str, model, tokens: Sequence[int], batch: int, steps: int = DECODE_STEPS,
+                prompt_len: int = DECODE_PROMPT, compile: bool = False):
+    """A timing.Task that decodes `steps` greedy tokens for `batch` rows (prompt prefill untimed)."""
+    from sizewise.registry.timing import Task
+
+    dec = make_decoder(model, batch, prompt_len + steps + 1)
+    compile_s = None
+    if compile:
+        if not hasattr(dec, "compile_step"):
+            raise ValueError("torch.compile decode needs the lean decoder (Llama-family model)")
+        compile_s = dec.compile_step()
+    prompt = _prompts(tokens, batch, prompt_len)
+    state = {}
+
+    def setup():
+        dec.reset()
+        state["tok"] = dec.forward(prompt).argmax(dim=-1, keepdim=True)
+
+    def run():
+        tok = state["tok"]
+        for _ in range(steps):
+            tok = dec.forward(tok).argmax(dim=-1, keepdim=True)
+
+    t = Task(name, run, setup=setup, work=float(batch * steps))
+    t.compile_s = compile_s  # type: ignore[attr-defined]
+    return t, dec
+
+
+def interleaved_speed(models: dict, tokens: Sequence[int], batches: Sequence[int] = (1, 8),
+                      prefill_tokens: int = PREFILL_TOKENS, steps: int = DECODE_STEPS,
+                      prompt_len: int = DECODE_PROMPT, min_rounds: int = 4, max_rounds: int = 8,
+                      warmup: int = 1, compile: bool = False, prefill: bool = True,
+                      on_phase: Callable[[str], None] | None = None, load=None) -> dict:
+    """Prefill and decode speed of several models measured in turns (registry/timing.py), so
+    every ratio to the first model comes from paired rounds under the same machine load.
+
+    Returns {"reference": first name, "models": {name: Speed-shaped dict}, "ratios": {metric:
+    {name: Ratio dict}}, "verdicts": {metric: {name: Verdict dict}}, "load": LoadSummary dict,
+    "rounds": n}. Metrics: "prefill", "decode_b<B>"; a ratio is how many times faster than the
+    reference. Each model's tok/s is from its median run, as in `measure_speed`.
+    """
+    from sizewise.registry.timing import interleave
+
+    names = list(models)
+    ref = names[0]
+    tasks, groups, compile_s = [], [], {}
+    metrics = (["prefill"] if prefill else []) + [f"decode_b{b}" for b in batches]
+    if on_phase:
+        on_phase("timing setup")
+    for metric in metrics:
+        group = []
+        for n in names:
+            key = f"{n}/{metric}"
+            if metric == "prefill":
+                t, _ = prefill_task(key, models[n], tokens, prefill_tokens)
+            else:
+                t, _ = decode_task(key, models[n], tokens, int(metric[len("decode_b"):]), steps, prompt_len, compile)
+                compile_s[key] = getattr(t, "compile_s", None)
+            tasks.append(t)
+            group.append(key)
+        groups.append(group)
+    if on_phase:
+        on_phase(f"interleaved timing ({len(names)} models)")
+    res = interleave(tasks, groups, min_rounds=min_rounds, max_rounds=max_rounds, warmup=warmup,
+                     **({"load": load} if load is not None else {}))
+    out_models = {}
+    for n in names:
+        kind = type(make_decoder(models[n], 1, 2)).__name__
+        dname = ("lean-static-cache" if kind == "LeanDecoder" else "hf-dynamic-cache") + ("+torch.compile" if compile else "")
+        timings = {m: {"median_s": statistics.median(res.times[f"{n}/{m}"]), "runs_s": res.times[f"{n}/{m}"],
+                       "warmup": warmup, "compile_s": compile_s.get(f"{n}/{m}")} for m in metrics}
+        out_models[n] = {
+            "prefill_tokens": prefill_tokens,
+            "prefill_tok_s": res.rate(f"{n}/prefill") if prefill else None,
+            "decode_tok_s": {str(b): res.rate(f"{n}/decode_b{b}") for b in batches},
+            "decode_steps": steps, "decode_prompt": prompt_len, "runs": res.rounds, "warmup": warmup,
+            "decoder": dname, "timings": timings}
+    ratios, verdicts = {}, {}
+    for m in metrics:
+        ratios[m], verdicts[m] = {}, {}
+        for n in names[1:]:
+            r = res.ratio(f"{n}/{m}", f"{ref}/{m}")
+            ratios[m][n] = r.to_dict()
+            verdicts[m][n] = res.verdict(f"{n}/{m}", f"{ref}/{m}").to_dict()
+    return {"reference": ref, "models": out_models, "ratios": ratios, "verdicts": verdicts,
+            "load": res.load.to_dict(), "load_text": res.load.text(), "rounds": res.rounds, "warmup": warmup,
+            "order": "interleaved, alternating AB/BA per round, warm-up discarded"}
