@@ -102,7 +102,7 @@ def render_study(study: dict) -> str:
     front = {rows[i]["recipe"] for i in pareto_front(
         [(r.get("bytes") or math.inf, r["ratios"]["delta_ppl_pct"]) for r in rows])} if has_ratios else set()
     body = [f"<h1>sizewise study: {_e(study['model'])}</h1>",
-            f"<p>Parent: {_e(p['description'])}. {p['params']:,} parameters; perplexity {p['quality']['ppl']:.3f} "
+            f"<p>Parent: {_e(p['description'])}. {(p['params']['total'] if isinstance(p['params'], dict) else p['params']):,} parameters; perplexity {p['quality']['ppl']:.3f} "
             f"over {p['quality']['n_predicted']:,} predicted tokens (windows of {st['window']}, corpus "
             f"{_e(st['corpus'])}).</p>"]
     notes = timing_notes(study) if has_ratios and any((r.get("speed") or {}).get("interleaved") for r in rows) else []
