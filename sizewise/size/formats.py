@@ -40,6 +40,7 @@ GGML_TYPES: dict[str, tuple[int, int]] = {
     "Q4_0": (32, 18),   # 16 B nibbles + fp16 scale        = 4.5 bpw
     "Q4_1": (32, 20),   # 16 B nibbles + fp16 scale + fp16 min = 5.0 bpw
     "Q5_0": (32, 22),   # 16 B nibbles + 4 B high bits + fp16 = 5.5 bpw
+    "Q5_1": (32, 24),   # Q5_0 + fp16 min                 = 6.0 bpw
     "Q4_K": (256, 144),  # super-block: 2 fp16 + 12 B 6-bit scales + 128 B nibbles = 4.5 bpw
     "Q5_K": (256, 176),  # 5.5 bpw
     "Q6_K": (256, 210),  # 128 B low + 64 B high + 16 int8 scales + fp16 = 6.5625 bpw
@@ -67,6 +68,7 @@ class StorageFormat:
     keep_kinds: tuple[str, ...] = KEEP_DEFAULT
     ggml_default: str = ""  # GGUF: the file type's default block type
     keep_names: tuple[str, ...] = ()  # name fragments kept high precision whatever their kind
+    token_type: str = ""  # GGUF: ggml type of token_embd / output in place of llama.cpp's rule ("" = the rule)
     notes: tuple[str, ...] = ()
 
     def matrix_bytes(self, shape: tuple[int, ...]) -> int:
@@ -152,12 +154,44 @@ FORMATS: dict[str, StorageFormat] = {f.name: f for f in (
 )}
 
 _GGUF_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_0", "Q6_K": "Q8_0", "Q4_0": "F16", "Q4_1": "F16", "Q8_0": "F16",
-                  "Q5_0": "F16"}
+                  "Q5_0": "F16", "Q5_1": "F16"}
+
+
+def gguf_mix(linear: str, tokens: str) -> StorageFormat:
+    """A GGUF file with every decoder matrix in ggml type `linear` and the token table (and an untied
+    output) in `tokens`; norms and biases F32. What `sizewise export --to gguf` writes: an int4-gN
+    checkpoint becomes Q4_1 with its bf16 token table as BF16 (`gguf_mix("Q4_1", "BF16")`), int8-wo
+    becomes Q8_0 + BF16. Name: "gguf:<linear>+<tokens>"."""
+    for t in (linear, tokens):
+        if t not in GGML_TYPES:
+            raise SizewiseError(f"unknown ggml type {t!r}: choose one of {', '.join(GGML_TYPES)}")
+    bpw = 8 * GGML_TYPES[linear][1] / GGML_TYPES[linear][0]
+    return StorageFormat(name=f"gguf:{linear}+{tokens}", family="gguf", bits=bpw, group=GGML_TYPES[linear][0],
+                         description=f"GGUF: {linear} decoder matrices, {tokens} token table, F32 norms",
+                         keep_kinds=KEEP_GGUF, high_precision="F32", ggml_default=linear, token_type=tokens)
+
+
+# GGUF header (metadata + tensor infos), which `size_in_format` leaves out. Measured on the bundled
+# SmolLM2-135M Q4_1 file (a GPT-2-style BPE vocabulary with merges): 1,785,664 header bytes for 49,152
+# tokens (tokens, token types and 48,900 merges) and 272 tensors = 36.3 B per vocabulary entry; a tensor
+# info is its name + 4 + 8 * dims + 4 + 8 bytes. A SentencePiece vocabulary (scores, no merges) is
+# smaller, so this is an estimate of a few MB on multi-GB files, exact to about 1 % of a 100 MB one.
+GGUF_HEADER_BYTES_PER_TOKEN = 36.0
+GGUF_TENSOR_INFO_BYTES = 56
+
+
+def gguf_header_bytes(vocab_size: int, n_tensors: int, other_metadata: int = 4096) -> int:
+    """Estimated GGUF header: vocabulary (GGUF_HEADER_BYTES_PER_TOKEN per entry), tensor infos and
+    `other_metadata` bytes of architecture keys and chat template."""
+    return int(vocab_size * GGUF_HEADER_BYTES_PER_TOKEN + n_tensors * GGUF_TENSOR_INFO_BYTES + other_metadata)
 
 
 def get_format(fmt: str | StorageFormat) -> StorageFormat:
     if isinstance(fmt, StorageFormat):
         return fmt
+    if str(fmt).startswith("gguf:") and "+" in str(fmt):
+        lin, tok = str(fmt)[5:].upper().split("+", 1)
+        return gguf_mix(lin, tok)
     key = str(fmt).strip().lower()
     if key not in FORMATS:
         key = key.replace("_", "-") if key.replace("_", "-") in FORMATS else key.replace("-", "_")
@@ -246,6 +280,8 @@ def gguf_tensor_types(spec: TensorSpec, fmt: StorageFormat, arch: ArchInfo | Non
         return []  # llama.cpp's DeepSeek converter skips MTP layers
     if len(spec.shape) < 2 or spec.kind in ("norm", "bias", "buffer", "router"):
         return [("F32", spec.shape, spec.copies)]  # never quantized; converter writes F32
+    if fmt.token_type and spec.kind in ("embedding", "lm_head"):
+        return [(_ggml_row_type(fmt.token_type, spec.shape[-1]), spec.shape, spec.copies)]
     if spec.kind in keep:
         return [("F16", spec.shape, spec.copies)]
     base = fmt.ggml_default
