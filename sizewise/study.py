@@ -235,11 +235,24 @@ def expected_bytes(model, recipe: str, config, fallbacks: dict | None = None) ->
 ProgressHook = Callable[[str, int, int], None]  # (phase, done, total)
 
 
+def variant_model(parent, config, calib):
+    """A compressed copy of the parent as the study measures and saves it -> (model, activation dtype).
+    The file it saves is the one `sizewise compress` and `sizewise.compress` + `save` write
+    (tests/compression/test_same_file.py)."""
+    from sizewise.compression.apply import compress
+    from sizewise.compression.precision import set_activation_dtype
+
+    model = copy.deepcopy(parent)
+    compress(model, config, calib_tokens=calib)
+    act = activation_dtype(config)
+    set_activation_dtype(model, act)
+    return model, act
+
+
 def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp: Path, keep_dir: Path | None,
              ref, tokens, s: StudySettings, phase: ProgressHook) -> dict:
     import torch
 
-    from sizewise.compression.apply import compress
     from sizewise.compression.precision import set_activation_dtype
     from sizewise.evaluate import metrics, speed
 
@@ -247,10 +260,7 @@ def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp
     row: dict = {"recipe": name, "config": config.to_dict(), "notes": []}
     phase("compress", 0, 1)
     t0 = time.perf_counter()
-    model = copy.deepcopy(parent)
-    compress(model, config, calib_tokens=calib)
-    act = activation_dtype(config)
-    set_activation_dtype(model, act)
+    model, act = variant_model(parent, config, calib)
     row["compress_s"] = time.perf_counter() - t0
     row["activation_dtype"] = str(act).replace("torch.", "")
     rec = getattr(model, "sizewise_compression", None)
@@ -282,9 +292,7 @@ def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp
         except (SizewiseError, NotImplementedError, ValueError) as e:
             row["notes"].append(f"not saveable in the sizewise format ({str(e).splitlines()[0]}): size/load not measured")
             if "model" not in locals() or model is None:
-                model = copy.deepcopy(parent)
-                compress(model, config, calib_tokens=calib)
-                set_activation_dtype(model, act)
+                model, act = variant_model(parent, config, calib)
         finally:
             if keep_dir is None:
                 shutil.rmtree(out, ignore_errors=True)

@@ -136,8 +136,10 @@ def stream_dtype(model: nn.Module) -> torch.dtype:
 def stored_dtype(name: str, dtype: torch.dtype, stream: str) -> torch.dtype:
     """The dtype a kept float tensor is written in under `stream`, by name (streamed checkpoints, where the
     modules are never built): the same choice `apply_stream` makes on a model."""
-    if stream != "fp32" or not dtype.is_floating_point:
+    if not dtype.is_floating_point:
         return dtype
+    if stream != "fp32":  # a bf16 stream holds every kept float tensor in bf16 (set_activation_dtype)
+        return torch.bfloat16
     return torch.bfloat16 if re.search(r"(embed_tokens|lm_head)\.weight$", name) else torch.float32
 
 

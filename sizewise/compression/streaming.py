@@ -185,8 +185,8 @@ def _finish(tmp: Path, src: Path, cfg: dict, config: BaseConfig, writer: "_Shard
     if isinstance(config, DtypeConfig):
         out_cfg["dtype"] = str(DTYPES[config.dtype]).replace("torch.", "")
         out_cfg.pop("torch_dtype", None)
-    elif getattr(config, "stream", None) == "fp32":  # as apply_stream leaves model.config in memory
-        out_cfg["dtype"] = "float32"
+    else:  # as apply_stream / set_activation_dtype leave model.config in memory
+        out_cfg["dtype"] = "float32" if getattr(config, "stream", "bf16") == "fp32" else "bfloat16"
         out_cfg.pop("torch_dtype", None)
     qc = quantization_config(rec["modules"], sorted(set(all_linears) - set(rec["modules"])))
     if qc:
@@ -245,7 +245,7 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
             mod = h.name[:-len(".weight")] if h.name.endswith(".weight") else None
             if table and mod == table[0] and t.dim() == 2:  # int8 rows; a tied head aliases them
                 from sizewise.compression.token_table import Int8Embedding, TiedInt8Head
-                emb = Int8Embedding(*_int8_rows(t), pad, torch.float32 if stream == "fp32" else t.dtype)
+                emb = Int8Embedding(*_int8_rows(t), pad, torch.float32 if stream == "fp32" else torch.bfloat16)
                 _add_packed(w, rec, mod, emb)
                 if table[2]:
                     _add_packed(w, rec, table[1], TiedInt8Head(emb, mod))
@@ -367,8 +367,8 @@ def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
         fp32_stream = getattr(config, "stream", "bf16") == "fp32"
 
         def done_layer(li: int, layer: torch.nn.Module) -> None:
-            if fp32_stream:
-                set_activation_dtype(layer, torch.float32)  # norms as apply_stream leaves them in memory
+            # norms as apply_stream / set_activation_dtype leave them in memory
+            set_activation_dtype(layer, torch.float32 if fp32_stream else torch.bfloat16)
             _add_module_tensors(w, rec, f"{lprefix}.{li}", layer)
             layers[li] = layer.to("meta")  # drop the weights: the next layer is read from disk
             _release_freed_memory()
@@ -379,8 +379,7 @@ def sequential_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path,
         if getattr(config, "embed", "bf16") == "int8":  # after GPTQ, as in memory
             from sizewise.compression.token_table import quantize_token_table
             quantize_token_table(model)
-        if fp32_stream:
-            apply_stream(model, "fp32")
+        apply_stream(model, "fp32" if fp32_stream else "bf16")
         rec["calibration"].update(lq.facts())
         outside_packs = {n: m for n, m in model.named_modules()
                          if isinstance(m, P.PackedLinear) and not n.startswith(lprefix + ".")}

@@ -86,5 +86,5 @@ def test_stream_validation_and_stored_dtypes():
     assert stored_dtype("model.embed_tokens.weight", torch.float32, "fp32") == torch.bfloat16
     assert stored_dtype("lm_head.weight", torch.float32, "fp32") == torch.bfloat16
     assert stored_dtype("model.norm.weight", torch.bfloat16, "fp32") == torch.float32
-    assert stored_dtype("model.norm.weight", torch.float32, "bf16") == torch.float32  # bf16 stream: as stored
+    assert stored_dtype("model.norm.weight", torch.float32, "bf16") == torch.bfloat16  # bf16 stream: as in memory
     assert stored_dtype("x.weight_scale", torch.int8, "fp32") == torch.int8
