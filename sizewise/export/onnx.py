@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sizewise.errors import SizewiseError
-from sizewise.export.onnx_graph import LinearSpec, LlamaSpec, build
+from sizewise.export.onnx_graph import ACCURACY_INT8, LinearSpec, LlamaSpec, build
 
 TYPES = ("fp32", "fp16")
 ARCHITECTURES = ("llama", "qwen2")  # HF model_type values with the llama block (qwen2: + q/k/v bias)
@@ -158,8 +158,9 @@ def _rotary(model, max_pos: int) -> tuple[np.ndarray, np.ndarray]:
     return cos[0, :, :half].float().numpy(), sin[0, :, :half].float().numpy()
 
 
-def llama_spec(model, dtype, allow_requantize: bool) -> tuple[LlamaSpec, _Ledger]:
-    """A loaded llama-family model (float or sizewise-packed) -> LlamaSpec + the exactness ledger."""
+def llama_spec(model, dtype, allow_requantize: bool, gguf: Path | None = None) -> tuple[LlamaSpec, _Ledger]:
+    """A loaded llama-family model (float or sizewise-packed) -> LlamaSpec + the exactness ledger.
+    gguf: the file the model was loaded from, whose Q4_0/Q4_1/Q8_0 blocks replace the dequantized weights."""
     import torch.nn as nn
 
     from sizewise.compression.token_table import Int8Embedding
@@ -175,13 +176,16 @@ def llama_spec(model, dtype, allow_requantize: bool) -> tuple[LlamaSpec, _Ledger
     if mt == "qwen2" and getattr(cfg, "use_sliding_window", False):
         raise SizewiseError("qwen2 with use_sliding_window=true has no ONNX mapping (full attention only)")
     led = _Ledger(dtype, allow_requantize)
+    over = gguf_specs(gguf, model, led) if gguf is not None else {}
     base = model.model
     n_heads = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     emb = base.embed_tokens
     embed, embed_int8 = None, None
-    if isinstance(emb, Int8Embedding):
+    if "embed_int8" in over:
+        embed_int8 = over["embed_int8"]
+    elif isinstance(emb, Int8Embedding):
         s = led.quant_params("model.embed_tokens.weight", {"scale": emb.weight_scale})
         embed_int8 = (emb.weight.numpy(), s["scale"])
     elif isinstance(emb, nn.Embedding):
@@ -197,10 +201,13 @@ def llama_spec(model, dtype, allow_requantize: bool) -> tuple[LlamaSpec, _Ledger
         layers.append({
             "ln1": led.float_tensor(f"{p}.input_layernorm.weight", blk.input_layernorm.weight),
             "ln2": led.float_tensor(f"{p}.post_attention_layernorm.weight", blk.post_attention_layernorm.weight),
-            **{nm: linear_spec(getattr(a, f"{nm}_proj"), f"{p}.self_attn.{nm}_proj", led) for nm in "qkvo"},
-            **{nm: linear_spec(getattr(m, f"{nm}_proj"), f"{p}.mlp.{nm}_proj", led) for nm in ("gate", "up", "down")},
+            **{nm: over.get(f"{p}.self_attn.{nm}_proj") or linear_spec(getattr(a, f"{nm}_proj"), f"{p}.self_attn.{nm}_proj", led)
+               for nm in "qkvo"},
+            **{nm: over.get(f"{p}.mlp.{nm}_proj") or linear_spec(getattr(m, f"{nm}_proj"), f"{p}.mlp.{nm}_proj", led)
+               for nm in ("gate", "up", "down")},
         })
-    head = linear_spec(model.get_output_embeddings(), "lm_head", led, embed=emb if embed is not None else None)
+    head = over.get("lm_head") or linear_spec(model.get_output_embeddings(), "lm_head", led,
+                                               embed=emb if embed is not None else None)
     if head.share_int8_with_embedding and embed_int8 is None:
         raise SizewiseError("lm_head is tied to an int8 table that the embedding is not")
     eps = float(getattr(base.norm, "variance_epsilon", getattr(base.norm, "eps", 1e-6)))
@@ -211,6 +218,106 @@ def llama_spec(model, dtype, allow_requantize: bool) -> tuple[LlamaSpec, _Ledger
     led.exact.append("rotary cos/sin tables (HF's own values, fp32)" if np.dtype(dtype) == np.float32
                      else "rotary cos/sin tables (HF's fp32 values cast to fp16, as HF casts them)")
     return spec, led
+
+
+# --- a GGUF source: its own Q4_0 / Q4_1 / Q8_0 blocks, not the dequantized floats ---
+
+GGUF_LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                "ffn_down": "mlp.down_proj"}
+
+
+def _unpermute(a: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (transformers' _reverse_permute_weights), on any per-row array."""
+    dim = a.shape[0] // n_head // 2
+    return a.reshape(n_head, dim, 2, *a.shape[1:]).swapaxes(2, 1).reshape(a.shape)
+
+
+def gguf_blocks(t) -> tuple[str, dict] | None:
+    """A GGUF tensor's own blocks -> (type, {q, d, m}) with rows = output features, or None if not Q4_0/Q4_1/Q8_0."""
+    kind = t.tensor_type.name
+    n = int(t.shape[1]) if len(t.shape) > 1 else 1
+    k = int(t.shape[0])
+    raw = np.asarray(t.data).reshape(n, -1)
+    if kind in ("Q4_0", "Q4_1"):
+        bsz = 18 if kind == "Q4_0" else 20
+        b = raw.reshape(n, k // 32, bsz)
+        d = b[..., 0:2].copy().view(np.float16)[..., 0]
+        m = b[..., 2:4].copy().view(np.float16)[..., 0] if kind == "Q4_1" else None
+        qs = b[..., bsz - 16:]
+        q = np.concatenate([qs & 0xF, qs >> 4], axis=-1).reshape(n, k)  # elements 0..15 low, 16..31 high nibbles
+        return kind, {"q": q.astype(np.uint8), "d": d, "m": m}
+    if kind == "Q8_0":
+        b = raw.reshape(n, k // 32, 34)
+        d = b[..., 0:2].copy().view(np.float16)[..., 0]
+        q = b[..., 2:].copy().view(np.int8).reshape(n, k)
+        return kind, {"q": q, "d": d, "m": None}
+    return None
+
+
+def _gguf_dequant(kind: str, p: dict) -> np.ndarray:
+    """What gguf-py (and so transformers' loader) computes from the blocks, in fp32."""
+    n, k = p["q"].shape
+    d = p["d"].astype(np.float32)[..., None]
+    q = p["q"].reshape(n, k // 32, 32).astype(np.float32)
+    w = d * q + p["m"].astype(np.float32)[..., None] if kind == "Q4_1" else (
+        d * (q - 8) if kind == "Q4_0" else d * q)
+    return w.reshape(n, k)
+
+
+def gguf_specs(path: Path, model, led: "_Ledger") -> dict:
+    """{module name: LinearSpec} for the Linears stored as Q4_0/Q4_1/Q8_0 blocks, plus "embed_int8" for a
+    Q8_0 token table. Each is checked against the weight transformers loaded from the same file (equal
+    values), so the name mapping and llama.cpp's q/k permutation are verified, not assumed."""
+    import torch
+    from gguf import GGUFReader
+
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    out: dict = {}
+    for t in GGUFReader(str(path)).tensors:
+        parts = t.name.split(".")
+        if t.name == "token_embd.weight":
+            name, mod = "model.embed_tokens", model.model.embed_tokens
+        elif t.name == "output.weight":
+            name, mod = "lm_head", model.get_output_embeddings()
+        elif len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_LINEARS:
+            name = f"model.layers.{parts[1]}.{GGUF_LINEARS[parts[2]]}"
+            mod = model.get_submodule(name)
+        else:
+            continue
+        got = gguf_blocks(t)
+        if got is None:
+            continue  # F32/F16/K-quants: transformers' dequantized floats (exact in fp32) serve
+        kind, p = got
+        if len(parts) == 4 and parts[2] in ("attn_q", "attn_k"):
+            h = n_heads if parts[2] == "attn_q" else n_kv
+            p = {k: (None if v is None else _unpermute(v, h)) for k, v in p.items()}
+        if not np.array_equal(_gguf_dequant(kind, p), mod.weight.detach().to(torch.float32).numpy()):
+            raise SizewiseError(f"{path}: {t.name} does not dequantize to the weight transformers loaded for {name}: "
+                                "this GGUF layout is not mapped")
+        d = led.quant_params(f"{name}.weight ({t.name}, {kind} blocks)", {"d": torch.from_numpy(p["d"].astype(np.float32)),
+                             "m": None if p["m"] is None else torch.from_numpy(p["m"].astype(np.float32))})
+        n, k = p["q"].shape
+        if name == "model.embed_tokens":
+            if kind != "Q8_0":
+                continue  # a Q4 table: gathered from transformers' floats
+            out["embed_int8"] = (p["q"], d["d"])
+            head = model.get_output_embeddings()
+            if head is not None and head.weight is mod.weight:  # tied: the head reads the same Q8_0 codes
+                out["lm_head"] = LinearSpec("int8", n, k, q=p["q"], scale=d["d"], group=32,
+                                            share_int8_with_embedding=True)
+            continue
+        if kind == "Q8_0":
+            spec = LinearSpec("int8", n, k, q=p["q"], scale=d["d"], group=32)
+        else:
+            spec = LinearSpec("int4", n, k, q=p["q"], scale=d["d"], group=32,
+                              zero_point=np.zeros((n, k // 32), np.uint8) if kind == "Q4_1" else None, zero=d["m"])
+        bias = getattr(mod, "bias", None)
+        spec.bias = None if bias is None else led.float_tensor(f"{name}.bias", bias)
+        out[name] = spec
+    return out
 
 
 # --- writing ---
@@ -380,9 +487,15 @@ def _load(src: str):
 
 
 def export(src: str, out: Path, *, type_: str | None = None, allow_requantize: bool = False, force: bool = False,
-           measure_tokens: int = 2048, accuracy_level: int = 0, threads: int | None = None,
-           external_data_bytes: int = EXTERNAL_DATA_BYTES) -> dict:
-    """Write the ONNX decoder for `src` into `out` (atomically) and return the report (module docstring)."""
+           measure_tokens: int = 2048, accuracy_level: int = 0, accuracy_int8: int = ACCURACY_INT8,
+           threads: int | None = None,
+           external_data_bytes: int = EXTERNAL_DATA_BYTES, gguf_codes: bool = True, loaded=None) -> dict:
+    """Write the ONNX decoder for `src` into `out` (atomically) and return the report (module docstring).
+
+    accuracy_level / accuracy_int8: MatMulNBits' attribute for bits=4 / bits=8 nodes (0: fp32 compute;
+    4: int8 activations, lossy; bits=8 defaults to 4, see onnx_graph.ACCURACY_INT8).
+    gguf_codes: for a .gguf source, carry its Q4_0/Q4_1/Q8_0 blocks (False: its dequantized floats).
+    loaded: the LoadedModel of `src` if the caller has it already (tests, benchmarks); never modified."""
     from sizewise.compression.checkpoint import check_out_path
     from sizewise.evaluate.data import eval_tokens
     from sizewise.io.atomic import atomic_dir
@@ -399,9 +512,10 @@ def export(src: str, out: Path, *, type_: str | None = None, allow_requantize: b
         raise SizewiseError(f"model not found: {src_path} (give 'bundled', a .gguf file, an HF or sizewise directory)")
     check_out_path(out, src_path)
     dtype = np.float16 if type_ == "fp16" else np.float32
-    lm = _load(src)
-    spec, led = llama_spec(lm.model, dtype, allow_requantize)
-    proto = build(spec, dtype, accuracy_level=accuracy_level)
+    lm = loaded if loaded is not None else _load(src)
+    spec, led = llama_spec(lm.model, dtype, allow_requantize,
+                           gguf=src_path if lm.kind == "gguf" and gguf_codes else None)
+    proto = build(spec, dtype, accuracy_level=accuracy_level, accuracy_int8=accuracy_int8)
     del spec
     with atomic_dir(out, force=force) as tmp:
         files = save_model(proto, tmp, external_data_bytes)

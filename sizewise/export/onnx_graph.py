@@ -17,12 +17,14 @@ Weights arrive as `LinearSpec`s (see `sizewise.export.onnx.linear_spec`):
   int4   q [N, K] in 0..15, scale [N, G], zero point uint8 [N, G]   w = (q - zp) * s
          -> MatMulNBits(bits=4, block_size=g, packed uint8 zero points): exact (checked against
             onnxruntime: the dequantized weights are bit-identical)
-  int4   q, scale, float zero [N, G]   w = (q - 8) * s + z  (sizewise's float-zero layout, GGUF Q4_1's)
+  int4   q, scale, float zero [N, G]   w = (q - 8) * s + z  (sizewise's float-zero layout)
          -> MatMulNBits(bits=4, no zero points: onnxruntime's default zp is 8) + ReduceSum(x per group) @ Z^T.
             Every stored value is used as is; onnxruntime's float zero points compute (q - zp) * s and would
             need zp = 8 - z/s, a re-rounded value (measured 1e-7 relative error per weight, not exact).
-  int8   q [N, K] int8, scale [N]      w = q * s
-         -> MatMulNBits(bits=8, codes q + 128, default zp 128, the row's scale repeated per block): exact.
+         GGUF Q4_1 (w = q * d + m) is the same with zero points 0 and Z = m; Q4_0 (w = (q - 8) * d) needs neither.
+  int8   q [N, K] int8, scale [N] (one per row) or [N, K/group] (GGUF Q8_0: per block of 32)   w = q * s
+         -> MatMulNBits(bits=8, codes q + 128, default zp 128, a row scale repeated per block): exact weights;
+            computed at accuracy_level 4 by default (ACCURACY_INT8 below).
 """
 from __future__ import annotations
 
@@ -32,6 +34,11 @@ import numpy as np
 
 OPSET = 17
 MS = "com.microsoft"
+# onnxruntime 1.32's CPU MatMulNBits has no fp32 kernel for bits=8: accuracy_level 0 dequantizes the whole
+# weight on every call (lm_head of SmolLM2, [49152, 576]: 198 ms per call, against 2.9 ms at level 4 on
+# this 2-core CPU). Level 4 quantizes the activations to int8 per block (weights untouched), which is what
+# llama.cpp does for a Q8_0 dot product; the KLD it adds is measured in the export's check.
+ACCURACY_INT8 = 4
 
 
 @dataclass
@@ -41,9 +48,9 @@ class LinearSpec:
     k: int
     weight: np.ndarray | None = None  # float [N, K] (kind float)
     q: np.ndarray | None = None  # uint8 [N, K] codes in 0..15 (int4) or int8 [N, K] (int8)
-    scale: np.ndarray | None = None  # float32 [N, G] (int4) or [N] (int8)
-    zero_point: np.ndarray | None = None  # uint8 [N, G] (int4, integer zero points)
-    zero: np.ndarray | None = None  # float32 [N, G] (int4, float zero)
+    scale: np.ndarray | None = None  # float32 [N, G] (int4; int8 per block) or [N] (int8 per row)
+    zero_point: np.ndarray | None = None  # uint8 [N, G] (int4 integer zero points; None: 8)
+    zero: np.ndarray | None = None  # float32 [N, G] added per group: w = (q - zero_point) * scale + zero
     group: int = 0
     bias: np.ndarray | None = None
     tied_table: bool = False  # float head that is the embedding table itself (kind float, weight None)
@@ -64,7 +71,7 @@ class LlamaSpec:
     cos: np.ndarray  # [max_pos, head_dim/2] (HF's cos incl. attention_scaling, fp32)
     sin: np.ndarray
     embed: np.ndarray | None  # float table [V, H], or None with embed_int8 set
-    embed_int8: tuple[np.ndarray, np.ndarray] | None  # (q int8 [V, H], scale [V]) of an int8 token table
+    embed_int8: tuple[np.ndarray, np.ndarray] | None  # (q int8 [V, H], scale [V] or [V, H/32]) int8 token table
     layers: list[dict]  # {ln1, ln2: [H], q, k, v, o, gate, up, down: LinearSpec}
     norm: np.ndarray
     head: LinearSpec
@@ -83,6 +90,7 @@ class Graph:
         self.onnx_dtype = TensorProto.FLOAT16 if self.dtype == np.float16 else TensorProto.FLOAT
         self._n = 0
         self._consts: dict = {}
+        self.accuracy_int8 = ACCURACY_INT8
 
     def fresh(self, base: str) -> str:
         self._n += 1
@@ -141,6 +149,13 @@ def int8_block(k: int) -> int:
     raise ValueError(f"input dim {k} is not a multiple of 16: MatMulNBits bits=8 cannot take it")
 
 
+def block_scales(scale: np.ndarray, k: int, block: int) -> np.ndarray:
+    """[N] row scales (repeated per block) or [N, K/block] block scales -> [N, K/block]."""
+    if scale.ndim == 2:
+        return scale
+    return np.repeat(scale.reshape(-1, 1), k // block, 1)
+
+
 def int8_codes(q: np.ndarray, block: int) -> np.ndarray:
     """int8 [N, K] -> MatMulNBits bits=8 B [N, K/block, block] uint8 codes q + 128 (default zero point 128)."""
     n, k = q.shape
@@ -178,14 +193,14 @@ def linear(g: Graph, x: str, spec: LinearSpec, name: str, embed_name: str | None
             zt = g.init(f"{name}.zeros_t", spec.zero.T.astype(dt))  # [G, N]
             y = g.op("Add", [y, g.op("MatMul", [xs, zt])])
     elif spec.kind == "int8":
-        block = int8_block(spec.k)
+        block = spec.group or int8_block(spec.k)
         if spec.share_int8_with_embedding and int8_table is not None:
             b, s = int8_table  # the token table's own codes and block scales, stored once
         else:
             b = g.init(f"{name}.qweight", int8_codes(spec.q, block))
-            s = g.init(f"{name}.scales", np.repeat(spec.scale.astype(dt).reshape(-1, 1), spec.k // block, 1).reshape(-1))
+            s = g.init(f"{name}.scales", block_scales(spec.scale, spec.k, block).astype(dt).reshape(-1))
         y = g.op("MatMulNBits", [x, b, s], domain=MS, name=name, K=spec.k, N=spec.n, bits=8,
-                 block_size=block, accuracy_level=accuracy_level)
+                 block_size=block, accuracy_level=g.accuracy_int8)
     else:
         raise ValueError(f"unknown linear kind {spec.kind!r}")
     if spec.bias is not None:
@@ -210,11 +225,15 @@ def rope(g: Graph, x: str, cos: str, sin: str, half: int) -> str:
     return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rot, sin])])
 
 
-def build(spec: LlamaSpec, dtype=np.float32, accuracy_level: int = 0):
-    """LlamaSpec -> onnx.ModelProto (the decoder with past/present, module docstring)."""
+def build(spec: LlamaSpec, dtype=np.float32, accuracy_level: int = 0, accuracy_int8: int = ACCURACY_INT8):
+    """LlamaSpec -> onnx.ModelProto (the decoder with past/present, module docstring).
+
+    accuracy_level / accuracy_int8: MatMulNBits' compute mode for bits=4 / bits=8 nodes (0: fp32, 4: int8
+    activations quantized per block, as llama.cpp does for its Q4/Q8 dot products)."""
     from onnx import TensorProto, helper
 
     g = Graph(dtype)
+    g.accuracy_int8 = accuracy_int8
     dt = g.dtype
     H, nH, nKV, D, L = spec.hidden, spec.n_heads, spec.n_kv, spec.head_dim, spec.n_layers
     rep = nH // nKV
@@ -233,16 +252,15 @@ def build(spec: LlamaSpec, dtype=np.float32, accuracy_level: int = 0):
     int8_table = None
     if spec.embed_int8 is not None:
         q, s = spec.embed_int8
-        block = int8_block(H)
+        block = H // s.shape[1] if s.ndim == 2 else int8_block(H)
+        bs = block_scales(s, H, block).astype(dt)  # [V, H/b]
         codes_t = g.init("model.embed_tokens.qweight", int8_codes(q, block))  # [V, H/b, b] uint8
-        int8_table = (codes_t, g.init("model.embed_tokens.scales",
-                                      np.repeat(s.astype(dt).reshape(-1, 1), H // block, 1).reshape(-1)))
-        row_scale = g.init("model.embed_tokens.row_scale", s.astype(dt))
+        scales_t = g.init("model.embed_tokens.scales", bs.reshape(-1))
+        int8_table = (codes_t, scales_t)
         codes = g.op("Gather", [codes_t, "input_ids"], axis=0)  # [B, S, H/b, b]
-        codes = g.op("Reshape", [codes, g.const_i64([0, 0, H])])
         rows = g.op("Sub", [g.op("Cast", [codes], to=g.onnx_dtype), g.const_f(128.0)])
-        sc = g.op("Unsqueeze", [g.op("Gather", [row_scale, "input_ids"], axis=0), g.const_i64([-1])])
-        x = g.op("Mul", [rows, sc], name="embed")
+        sc = g.op("Gather", [g.op("Reshape", [scales_t, g.const_i64([-1, H // block, 1])]), "input_ids"], axis=0)
+        x = g.op("Reshape", [g.op("Mul", [rows, sc]), g.const_i64([0, 0, H])], name="embed")
         embed_name = None
     else:
         embed_name = g.init("model.embed_tokens.weight", spec.embed.astype(dt))
