@@ -82,7 +82,9 @@ def _packed_dir(tmp_path, recipe, **cfg_over):
     base = tiny.tiny_llama(dtype=torch.float32, vocab=len(t), hidden_size=128, intermediate_size=256,
                            tie_word_embeddings=True)
     cfg = RECIPES[recipe] if isinstance(recipe, str) else Int4WeightOnlyConfig(**recipe)
-    m = sizewise.compress(copy.deepcopy(base), cfg)
+    calib = torch.randint(4, len(t), (2, 32), generator=torch.Generator().manual_seed(0)) \
+        if cfg.needs_calibration else None
+    m = sizewise.compress(copy.deepcopy(base), cfg, calib_tokens=calib)
     d = tmp_path / "packed"
     save_compressed(m, t, d, None, None)
     return d
@@ -105,10 +107,15 @@ def test_packed_codes_become_matmulnbits_and_match_sizewise(tmp_path, recipe, op
     assert bits == op_bits
     assert r["ops"]["com.microsoft.MatMulNBits"] == 14 + (1 if 8 in op_bits and recipe != "int8-wo" else 0)
     lm = load_model(str(d))
+    lm.model.float()  # a bf16-stream checkpoint (int zero, int8-wo) computed in fp32 like the exported graph
+    from sizewise.compression.packed import Int4WeightOnlyLinear
     for mod in lm.model.modules():  # sizewise's kernels in fp32: the same weights, computed in fp32
         if hasattr(mod, "act_dtype"):
             mod.act_dtype = torch.float32
-    ids = tiny.prompts(1, vocab=300, lo=30, hi=31)[0]
+        if type(mod) is Int4WeightOnlyLinear:  # its kernel rounds zero = (8 - zp) * s to bf16; the graph
+            s = mod.weight_scale.float()            # computes (q - zp) * s exactly: compare in fp32
+            mod._sz = torch.stack([s, (8 - mod.weight_zero_point.float()) * s], -1).transpose(0, 1).contiguous()
+    ids = tiny.prompts(1, vocab=len(tiny.byte_tokenizer()), lo=30, hi=31)[0]
     ref, got = _logits(lm.model, ids), X.window_logits(X.OnnxDecoder(out), ids)
     if recipe == "int8-wo":  # its head is the fp32 stream's bf16 matmul + fp32 top-32: compare the top-32
         idx = ref.topk(32, -1).indices
