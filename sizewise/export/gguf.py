@@ -236,12 +236,30 @@ def _arch_kv(config, arch: str, file_type: int, name: str):
 
 
 def bpe_pre(tokenizer) -> str:
-    """tokenizer.ggml.pre: llama.cpp's name for this BPE pre-tokenizer, by the converter's fingerprint."""
+    """tokenizer.ggml.pre: llama.cpp's name for this BPE pre-tokenizer, by the converter's fingerprint.
+
+    The fingerprint hashes token ids, so a new vocabulary behind a known pre-tokenizer never matches;
+    the one structure that is unambiguous without it is plain GPT-2 byte-level splitting (a lone
+    ByteLevel pre-tokenizer with its built-in regex), which llama.cpp names "gpt-2"."""
     h = sha256(str(tokenizer.encode(CHKTXT)).encode()).hexdigest()
-    if h not in BPE_PRE:
-        raise SizewiseError(f"BPE pre-tokenizer not recognised (fingerprint {h[:16]}...): llama.cpp would "
-                            f"tokenize differently; known: {', '.join(sorted(set(BPE_PRE.values())))}")
-    return BPE_PRE[h]
+    if h in BPE_PRE:
+        return BPE_PRE[h]
+    pre = _pre_tokenizer_json(tokenizer)
+    if pre is not None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    raise SizewiseError(f"BPE pre-tokenizer not recognised (fingerprint {h[:16]}...): llama.cpp would "
+                        f"tokenize differently; known: {', '.join(sorted(set(BPE_PRE.values())))}")
+
+
+def _pre_tokenizer_json(tokenizer) -> dict | None:
+    """The pre_tokenizer entry of a fast tokenizer's tokenizer.json (None where there is none)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        return json.loads(backend.to_str()).get("pre_tokenizer")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _looks_special(t: str) -> bool:

@@ -235,3 +235,19 @@ def test_corrupt_checkpoint(tiny_ckpts, tmp_path):
     with pytest.raises(SizewiseError, match="corrupt or truncated"):
         G.export(str(d), tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_bpe_pre_names_a_new_vocabulary_behind_gpt2_splitting_and_refuses_others():
+    """The converter's fingerprint hashes ids, so a new vocabulary never matches it; plain ByteLevel
+    splitting is still unambiguous ("gpt-2"), anything else is refused rather than guessed."""
+    import sys
+    from pathlib import Path
+    from tokenizers import pre_tokenizers
+    from sizewise.export.gguf import bpe_pre
+    sys.path.insert(0, str(Path(__file__).parents[1] / "io"))
+    import crash_harness
+    tok = crash_harness.byte_tokenizer()
+    assert bpe_pre(tok) == "gpt-2"
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(SizewiseError, match="not recognised"):
+        bpe_pre(tok)

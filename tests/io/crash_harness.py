@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import string
 import subprocess
 import sys
 import time
@@ -37,15 +36,24 @@ OLD_MARKER = "crash-harness-old-marker"  # written into an existing output befor
 
 # ------------------------------------------------------------------ the model and its input tree
 
-def char_tokenizer(vocab_size: int = 128):
-    """A real PreTrainedTokenizerFast: one token per printable character."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def byte_tokenizer():
+    """A real PreTrainedTokenizerFast: GPT-2-style byte-level BPE (4 specials, 256 bytes, 4 merges: 264 ids),
+    the kind every export target maps (GGUF's gpt2 vocabulary, ONNX's tokenizer.json)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    chars = sorted(set(string.printable))[:vocab_size - 1]
-    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    merges = [("h", "e"), ("\u0120", "t"), ("i", "n"), ("e", "r")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
 
 
 def make_model_dir(d: Path, hidden: int = 256, inter: int = 768, layers: int = 4, seed: int = 7,
@@ -54,11 +62,11 @@ def make_model_dir(d: Path, hidden: int = 256, inter: int = 768, layers: int = 4
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+    cfg = LlamaConfig(vocab_size=264, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       tie_word_embeddings=False)
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(d, max_shard_size=shard)
-    char_tokenizer().save_pretrained(d)
+    byte_tokenizer().save_pretrained(d)
     return d
 
 
@@ -322,9 +330,9 @@ class ExecRunner:
 
 def content_hash(out: Path) -> dict[str, str]:
     """{file: sha256} of an output (a directory's files, or the file itself), without the harness's
-    marker and without sizewise.json, whose `created`/`seconds` differ from run to run."""
+    marker and without sizewise.json or export.json, whose `created`/`seconds`/`out` differ from run to run."""
     if out.is_dir():
-        return {k: v for k, v in tree_hash(out).items() if k not in (OLD_MARKER, "sizewise.json")}
+        return {k: v for k, v in tree_hash(out).items() if k not in (OLD_MARKER, "sizewise.json", "export.json")}
     return {out.name: hashlib.sha256(out.read_bytes()).hexdigest()}
 
 
