@@ -57,7 +57,7 @@ def _model_name(model: str) -> str:
 def serve_command(model: str, host: str, port: int, kv_memory: str | None, max_batch: int, block_size: int = 16,
                   max_waiting: int = 256, dtype: str = "fp32", recipe: str | None = None, name: str | None = None,
                   latency_target: float | None = 0.5, drain_s: float = 30.0, max_body_bytes: str = "1MiB",
-                  max_stream_buffer: int = 512) -> None:
+                  max_stream_buffer: int = 512, socket_sndbuf: str | None = None) -> None:
     from sizewise.evaluate.machine import set_threads
     from sizewise.serve.api import create_app
     from sizewise.serve.engine import Engine
@@ -81,7 +81,8 @@ def serve_command(model: str, host: str, port: int, kv_memory: str | None, max_b
     log.info("sizewise serve: model %s (%s) on http://%s:%d; KV pool %d blocks x %d tokens = %s (%s layout, %d B/token); "
              "max context %d, max batch %d", name, lm.source, host, port, p.num_blocks, p.block_size, fmt_bytes(p.total_bytes),
              p.layout.kind, p.layout.bytes_per_token, engine.max_model_len, max_batch)
-    run_foreground(create_app(engine, name, drain_s=drain_s, max_body_bytes=body_limit), engine, host, port, drain_s)
+    sndbuf = parse_size(socket_sndbuf) if socket_sndbuf else None
+    run_foreground(create_app(engine, name, drain_s=drain_s, max_body_bytes=body_limit), engine, host, port, drain_s, sndbuf)
     log.info("sizewise serve: stopped (%s)", engine.stats()["finished"])
 
 
