@@ -177,10 +177,10 @@ def number(body: dict, key: str, lo: float, hi: float | None, *, lo_open: bool =
     if type(v) not in (int, float):
         raise _wrong_type(key, "a number", v)
     x = float(v) if abs(v) < 1e308 else math.inf  # an int too big for a float is out of every range
-    ok = (x > lo if lo_open else x >= lo) and (hi is None or x <= hi)
+    ok = math.isfinite(x) and (x > lo if lo_open else x >= lo) and (hi is None or x <= hi)
     if not ok:
         lo_s = f"({lo:g}" if lo_open else f"[{lo:g}"
-        rng = f"{lo_s}, {hi:g}]" if hi is not None else (f"greater than {lo:g}" if lo_open else f"at least {lo:g}")
+        rng = f"{lo_s}, {hi:g}]" if hi is not None else (f"finite and greater than {lo:g}" if lo_open else f"at least {lo:g}")
         raise InvalidRequest(f"{key} must be {'in ' if hi is not None else ''}{rng}, got {_show(v)}", key)
     return x
 
@@ -212,7 +212,7 @@ def prompt(v, vocab: int) -> str | list[int]:
     if not v:
         raise InvalidRequest("prompt is an empty list", "prompt")
     kinds = {type(x) for x in v}
-    if kinds == {int}:
+    if kinds <= {int, bool, float} and int in kinds:  # token ids (token_ids names a stray bool or float by index)
         return token_ids(v, "prompt", vocab)
     if kinds <= {str} or kinds <= {list}:
         if len(v) != 1:
