@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 import torch
 
 
+GREEDY_BELOW = 1e-5
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 16
@@ -31,7 +34,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        # below 1e-5 (vLLM's epsilon) sampling is argmax anyway, and logits / 1e-300 overflow to inf -> NaN
+        # probabilities (found by tests/serve/test_fuzz.py)
+        return self.temperature < GREEDY_BELOW
 
     def generator(self) -> torch.Generator | None:
         if self.greedy:
