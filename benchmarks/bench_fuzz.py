@@ -98,6 +98,8 @@ def make_bodies(rng: random.Random, name: str, n: int, limit: int) -> list[tuple
         elif u < 0.75:
             raw = bytearray(json.dumps(valid_body(rng, name, chat)).encode())
             for _ in range(rng.randint(1, 3)):
+                if not raw:
+                    break
                 op, i = rng.randrange(3), rng.randrange(len(raw))
                 if op == 0:
                     raw[i] = rng.randrange(256)
@@ -142,18 +144,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fuzz.json"))
     a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sizewise-fuzz-"))
+    model = str(tiny_model_dir(work / "tiny", 1024)) if a.model == "tiny" else a.model
+    srv = ServeProcess(model, "--kv-memory", "128MiB", "--max-body-bytes", str(a.max_body_bytes), "--latency-target", "0",
+                       log_path=work / "serve.log")
+    srv.start()
+    try:
+        run(a, srv, work)
+    finally:
+        srv.stop()
 
+
+def run(a, srv: ServeProcess, work: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from sizewise.evaluate.machine import command_line, machine_info
     from sizewise.io.atomic import atomic_write_json
 
-    work = Path(tempfile.mkdtemp(prefix="sizewise-fuzz-"))
-    model = str(tiny_model_dir(work / "tiny", 1024)) if a.model == "tiny" else a.model
-    srv = ServeProcess(model, "--kv-memory", "128MiB", "--max-body-bytes", str(a.max_body_bytes), "--latency-target", "0",
-                       log_path=work / "serve.log")
-    srv.start()
     rng = random.Random(a.seed)
     bodies = make_bodies(rng, srv.name, a.bodies, a.max_body_bytes)
 
