@@ -286,12 +286,18 @@ def serve(
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Compress in memory first (e.g. int8-wo)."),
     name: Optional[str] = typer.Option(None, "--name", help="Model id clients send (default: the file/dir name)."),
     latency_target: float = typer.Option(0.5, "--latency-target", help="Decode step seconds allowed when admitting (0: off)."),
+    max_body_bytes: str = typer.Option("1MiB", "--max-body-bytes", help="Largest request body accepted (bigger: 413)."),
+    max_stream_buffer: int = typer.Option(512, "--max-stream-buffer",
+                                          help="Chunks a stream may fall behind before it is cancelled (a client that stopped reading)."),
+    socket_sndbuf: Optional[str] = typer.Option(None, "--socket-sndbuf",
+                                                help="Kernel send buffer per connection, e.g. 16KiB (default: the kernel's autotuning)."),
 ) -> None:
     """OpenAI-compatible server: continuous batching over a paged KV pool, /metrics and alerts."""
     from sizewise.commands.serve import serve_command
     serve_command(model=model, host=host, port=port, kv_memory=kv_memory, max_batch=max_batch, block_size=block_size,
                   max_waiting=max_waiting, dtype=dtype, recipe=recipe, name=name,
-                  latency_target=latency_target or None)
+                  latency_target=latency_target or None, max_body_bytes=max_body_bytes, max_stream_buffer=max_stream_buffer,
+                  socket_sndbuf=socket_sndbuf)
 
 
 @app.command("bench-serve")

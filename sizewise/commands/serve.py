@@ -34,7 +34,8 @@ def _load(model: str, dtype: str, recipe: str | None):
     return lm
 
 
-def _engine_config(kv_memory: str | None, max_batch: int, block_size: int, max_waiting: int, latency_target: float | None):
+def _engine_config(kv_memory: str | None, max_batch: int, block_size: int, max_waiting: int, latency_target: float | None,
+                   max_stream_buffer: int | None = 512):
     from sizewise.serve.engine import EngineConfig
     from sizewise.units import parse_size
 
@@ -42,8 +43,11 @@ def _engine_config(kv_memory: str | None, max_batch: int, block_size: int, max_w
         raise SizewiseError(f"--max-batch must be at least 1 (got {max_batch})")
     if block_size < 1:
         raise SizewiseError(f"--block-size must be at least 1 (got {block_size})")
+    if max_stream_buffer is not None and max_stream_buffer < 1:
+        raise SizewiseError(f"--max-stream-buffer must be at least 1 (got {max_stream_buffer})")
     return EngineConfig(kv_memory_bytes=parse_size(kv_memory) if kv_memory else None, max_batch=max_batch,
-                        block_size=block_size, max_waiting=max_waiting, latency_target_s=latency_target)
+                        block_size=block_size, max_waiting=max_waiting, latency_target_s=latency_target,
+                        max_buffered_deltas=max_stream_buffer)
 
 
 def _model_name(model: str) -> str:
@@ -52,7 +56,8 @@ def _model_name(model: str) -> str:
 
 def serve_command(model: str, host: str, port: int, kv_memory: str | None, max_batch: int, block_size: int = 16,
                   max_waiting: int = 256, dtype: str = "fp32", recipe: str | None = None, name: str | None = None,
-                  latency_target: float | None = 0.5, drain_s: float = 30.0) -> None:
+                  latency_target: float | None = 0.5, drain_s: float = 30.0, max_body_bytes: str = "1MiB",
+                  max_stream_buffer: int = 512, socket_sndbuf: str | None = None) -> None:
     from sizewise.evaluate.machine import set_threads
     from sizewise.serve.api import create_app
     from sizewise.serve.engine import Engine
@@ -62,7 +67,12 @@ def serve_command(model: str, host: str, port: int, kv_memory: str | None, max_b
     _logging()
     if not (0 < port < 65536):
         raise SizewiseError(f"--port must be 1-65535 (got {port})")
-    cfg = _engine_config(kv_memory, max_batch, block_size, max_waiting, latency_target)
+    from sizewise.units import parse_size
+
+    cfg = _engine_config(kv_memory, max_batch, block_size, max_waiting, latency_target, max_stream_buffer)
+    body_limit = parse_size(max_body_bytes)
+    if body_limit < 1024:
+        raise SizewiseError(f"--max-body-bytes must be at least 1KiB (got {max_body_bytes})")
     set_threads()
     lm = _load(model, dtype, recipe)
     engine = Engine(lm.model, lm.tokenizer, cfg)
@@ -71,7 +81,8 @@ def serve_command(model: str, host: str, port: int, kv_memory: str | None, max_b
     log.info("sizewise serve: model %s (%s) on http://%s:%d; KV pool %d blocks x %d tokens = %s (%s layout, %d B/token); "
              "max context %d, max batch %d", name, lm.source, host, port, p.num_blocks, p.block_size, fmt_bytes(p.total_bytes),
              p.layout.kind, p.layout.bytes_per_token, engine.max_model_len, max_batch)
-    run_foreground(create_app(engine, name, drain_s=drain_s), engine, host, port, drain_s)
+    sndbuf = parse_size(socket_sndbuf) if socket_sndbuf else None
+    run_foreground(create_app(engine, name, drain_s=drain_s, max_body_bytes=body_limit), engine, host, port, drain_s, sndbuf)
     log.info("sizewise serve: stopped (%s)", engine.stats()["finished"])
 
 

@@ -13,6 +13,16 @@ Other threads (the API's event loop, a benchmark) talk to it only through `submi
 queue when submitted from an event loop, a thread queue otherwise). New requests join the
 running batch at token boundaries; finished, cancelled or failed ones leave at once and
 their blocks go back to the pool in the same step.
+
+One bad request must never hurt another (issue 16). `submit` re-checks token ids against the
+embedding rows even though the API already did (an embedding caller has no API in front of it).
+When a batched forward still fails, `_isolate` runs each row alone: rows that fail alone are failed
+with their error, the others continue from the solo logits, so they sample exactly what they would
+have. If every row passes alone the failure was transient and nobody is failed; if every row fails
+alone the batch is retried once and only then failed. Sampling and decoding are guarded per row.
+A client that stops reading a stream falls behind its handle's buffer cap (`max_buffered_deltas`)
+and is cancelled: its backlog is dropped and its blocks freed, so a stalled socket holds no more
+than the cap in memory.
 """
 from __future__ import annotations
 
@@ -64,6 +74,7 @@ class EngineConfig:
     latency_target_s: float | None = 0.5
     max_model_len: int | None = None  # default: the model's max_position_embeddings (capped by the pool)
     alert_rules: list[AlertRule] | None = None
+    max_buffered_deltas: int | None = 512  # per request; a client this far behind is cancelled (None: no cap)
 
 
 @dataclass
@@ -75,6 +86,7 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    error: str | None = None  # why, when finish_reason is "error" or "slow_consumer"
 
 
 @dataclass
@@ -84,32 +96,83 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    error: str | None = None
+
+
+# a consumer this many deltas behind gets them merged into one, so a client that is merely slower than
+# the engine (an event loop under load) catches up instead of drifting towards the cap
+MERGE_BACKLOG = 8
+
+
+def _merge(a: Delta, b: Delta) -> Delta:
+    return Delta(a.text + b.text, a.token_ids + b.token_ids, b.finish_reason, b.prompt_tokens, b.completion_tokens, b.error)
 
 
 class RequestHandle:
-    """A request's mailbox. Use `async for d in h.stream()` in an event loop, or `h.result()` from a thread."""
+    """A request's mailbox. Use `async for d in h.stream()` in an event loop, or `h.result()` from a thread.
 
-    def __init__(self, request_id: int, loop: asyncio.AbstractEventLoop | None):
+    `buffered` counts deltas posted but not yet taken by the consumer; `_put` reports when it passes
+    `max_buffered`, and the engine then cancels the request (a client that stopped reading)."""
+
+    def __init__(self, request_id: int, loop: asyncio.AbstractEventLoop | None, max_buffered: int | None = None):
         self.request_id = request_id
         self._loop = loop
         self._aq: asyncio.Queue | None = asyncio.Queue() if loop else None
         self._q: queue.Queue = queue.Queue()
         self.finished = threading.Event()
+        self.max_buffered = max_buffered
+        self._buffered = 0
+        self._count = threading.Lock()
 
-    def _put(self, d: Delta) -> None:
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    def _count_by(self, k: int) -> int:
+        with self._count:
+            self._buffered += k
+            return self._buffered
+
+    def _put(self, d: Delta) -> bool:
+        """Post a delta (engine thread). False when the consumer is now more than max_buffered behind."""
+        n = self._count_by(1)
         if d.finish_reason is not None:
             self.finished.set()
         if self._loop is None:
             self._q.put(d)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._aq.put_nowait, d)
+            except RuntimeError:  # the client's loop is gone: nobody is listening
+                pass
+        return self.max_buffered is None or n <= self.max_buffered
+
+    def _drop_backlog(self) -> None:
+        """Forget undelivered deltas (the request is being cancelled for not reading them). Deltas posted
+        after this call, like the final one, are kept: the loop runs callbacks in order."""
+        def drain(q) -> None:
+            while True:
+                try:
+                    q.get_nowait()
+                except (asyncio.QueueEmpty, queue.Empty):
+                    return
+                self._count_by(-1)
+
+        if self._loop is None:
+            drain(self._q)
             return
         try:
-            self._loop.call_soon_threadsafe(self._aq.put_nowait, d)
-        except RuntimeError:  # the client's loop is gone: nobody is listening
+            self._loop.call_soon_threadsafe(drain, self._aq)
+        except RuntimeError:
             pass
 
     async def stream(self):
         while True:
             d = await self._aq.get()
+            self._count_by(-1)
+            while d.finish_reason is None and self._buffered >= MERGE_BACKLOG and not self._aq.empty():
+                d = _merge(d, self._aq.get_nowait())
+                self._count_by(-1)
             yield d
             if d.finish_reason is not None:
                 return
@@ -117,6 +180,7 @@ class RequestHandle:
     def iter(self, timeout: float | None = None):
         while True:
             d = self._q.get(timeout=timeout)
+            self._count_by(-1)
             yield d
             if d.finish_reason is not None:
                 return
@@ -127,7 +191,7 @@ class RequestHandle:
             text.append(d.text)
             ids.extend(d.token_ids)
             last = d
-        return Completion("".join(text), ids, last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        return Completion("".join(text), ids, last.finish_reason, last.prompt_tokens, last.completion_tokens, last.error)
 
 
 @dataclass(eq=False)
@@ -160,6 +224,7 @@ class Engine:
                                                               latency_target_s=cfg.latency_target_s))
         self.metrics = metrics or EngineMetrics(cfg.alert_rules)
         self.max_model_len = min(cfg.max_model_len or max_context(model), self.pool.capacity_tokens)
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)  # valid ids are [0, vocab_size)
         self.eos_ids = self._eos_ids()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -176,6 +241,7 @@ class Engine:
         self._host: threading.Thread | None = None
         self.steps = 0
         self.crashed_steps = 0
+        self.failed_steps = 0  # batched forwards that raised and went through `_isolate`
         self.finished_by_reason: dict[str, int] = {}
         self.peak_kv_blocks = 0
         self.peak_fragmentation = 0.0
@@ -270,6 +336,9 @@ class Engine:
             raise EngineStopped("the server is shutting down")
         if not prompt_ids:
             raise BadRequest("prompt is empty", "prompt")
+        bad = next((t for t in prompt_ids if type(t) is not int or not 0 <= t < self.vocab_size), None)
+        if bad is not None:  # defence in depth: the API checks too, but an id past the embedding fails the whole batch
+            raise BadRequest(f"prompt token id {bad!r} is not in this model's vocabulary [0, {self.vocab_size})", "prompt")
         if params.max_tokens < 1:
             raise BadRequest(f"max_tokens must be at least 1 (got {params.max_tokens})", "max_tokens")
         if len(prompt_ids) >= self.max_model_len:
@@ -283,7 +352,7 @@ class Engine:
                 raise QueueFull(f"{self.config.max_waiting} requests are waiting")
             self._pending += 1
         rid = next(self._ids)
-        handle = RequestHandle(rid, loop)
+        handle = RequestHandle(rid, loop, self.config.max_buffered_deltas)
         seq = Sequence(rid, list(prompt_ids), params)
         stops = [s for s in params.stop if s]
         self._inbox.put(("add", _Request(seq, handle, params.generator(), stops=stops)))
@@ -367,12 +436,70 @@ class Engine:
         if not seqs:
             return
         t0 = time.perf_counter()
-        logits = self.runner.forward([StepInput(s.seq_id, s.tokens[s.cached:], s.cached) for s in seqs])
-        if not out.prefill:  # pure decode steps feed the latency model behind admission
-            self.scheduler.record_decode(len(seqs), time.perf_counter() - t0)
+        try:
+            logits = self.runner.forward([self._input(s) for s in seqs])
+        except Exception as e:  # noqa: BLE001 - find who caused it; fail only them
+            seqs, logits = self._isolate(seqs, e)
+            if not seqs:
+                return
+        else:
+            if not out.prefill:  # pure decode steps feed the latency model behind admission
+                self.scheduler.record_decode(len(seqs), time.perf_counter() - t0)
         for s in seqs:
             s.cached = s.num_tokens
         self._emit(seqs, logits)
+
+    @staticmethod
+    def _input(s: Sequence) -> StepInput:
+        return StepInput(s.seq_id, s.tokens[s.cached:], s.cached)
+
+    def _isolate(self, seqs: list[Sequence], exc: Exception) -> tuple[list[Sequence], torch.Tensor | None]:
+        """A batched forward raised `exc`. Run each row alone: rows that fail alone are failed (their error goes to
+        their client), the rest continue with their solo logits. Nothing in a failed forward is committed: `cached`
+        only advances after success and a retry rewrites the same KV slots, so the survivors' tokens are unchanged.
+        Returns the sequences to emit and their logits ([] and None when none are left)."""
+        self.failed_steps += 1
+        log.warning("engine step failed on a batch of %d (%s: %s); retrying each row alone",
+                    len(seqs), type(exc).__name__, str(exc)[:200])
+        good, rows, bad = [], [], []
+        for s in seqs:
+            if s.status is not Status.RUNNING:
+                continue
+            try:
+                rows.append(self.runner.forward([self._input(s)])[0])
+                good.append(s)
+            except Exception as e:  # noqa: BLE001
+                bad.append((s, e))
+        if good and bad or (bad and len(seqs) == 1):  # culprits found (a single row has now failed twice)
+            self.metrics.step_failures.labels("isolated").inc()
+            for s, e in bad:
+                self._fail(s, e, isolated=True)
+            return good, (torch.stack(rows) if rows else None)
+        if not bad:  # every row passed alone: transient, or only in combination; nobody is failed
+            self.metrics.step_failures.labels("recovered").inc()
+            log.warning("every row of the failed step passed alone; the batch continues")
+            return good, (torch.stack(rows) if rows else None)
+        # every row failed alone too: nothing singles out a culprit, so retry the batch once before failing it
+        live = [s for s, _ in bad]
+        try:
+            logits = self.runner.forward([self._input(s) for s in live])
+        except Exception as e:  # noqa: BLE001
+            self.metrics.step_failures.labels("batch_failed").inc()
+            log.error("engine step failed again on retry (%s: %s); failing its %d requests", type(e).__name__, e, len(live))
+            for s in live:
+                self._fail(s, e, isolated=False)
+            return [], None
+        self.metrics.step_failures.labels("recovered").inc()
+        return live, logits
+
+    def _fail(self, seq: Sequence, exc: BaseException, isolated: bool) -> None:
+        req = self._requests.get(seq.seq_id)
+        if req is None:
+            return
+        if isolated:
+            self.metrics.isolated_failures.inc()
+        why = "failed on this request alone; other requests were not affected" if isolated else "failed on a retried batch"
+        self._finish(req, "error", error=f"generation {why} ({type(exc).__name__}: {str(exc)[:200]})")
 
     def _track_pool(self) -> None:
         """Peaks and the slot-weighted mean fragmentation (unused slot-steps / allocated slot-steps)."""
@@ -392,42 +519,54 @@ class Engine:
     def _emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         now = time.monotonic()
         for b, seq in enumerate(seqs):
-            req = self._requests[seq.seq_id]
-            p = seq.params
-            tok = sample(logits[b], p, req.gen)
-            seq.output_ids.append(tok)
-            first = req.first_token_at is None
-            self.metrics.on_token(first, now - (seq.arrival if first else req.last_token_at))
-            if first:
-                req.first_token_at = now
-            req.last_token_at = now
-            reason = None
-            is_eos = (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids
-            ids = seq.output_ids[:-1] if is_eos else seq.output_ids
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            cut = find_stop(text, req.stops)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
-            elif is_eos:
-                reason = "stop"
-            elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-                reason = "length"
-            n = len(text) if reason else safe_emit_len(text, req.stops)
-            new_ids = seq.output_ids[req.sent_tokens:]
-            req.sent_tokens = len(seq.output_ids)
-            delta = Delta(text[req.sent:n] if n > req.sent else "", new_ids)
-            req.sent = max(req.sent, n)
-            if reason:
-                self._finish(req, reason, last=delta)
-            else:
-                req.handle._put(delta)
+            req = self._requests.get(seq.seq_id)
+            if req is None:
+                continue
+            try:
+                self._emit_one(req, seq, logits[b], now)
+            except Exception as e:  # noqa: BLE001 - sampling or detokenizing one row must not touch the others
+                log.exception("request %d failed while sampling or decoding", seq.seq_id)
+                self._fail(seq, e, isolated=True)
 
-    def _finish(self, req: _Request, reason: str, last: Delta | None = None) -> None:
+    def _emit_one(self, req: _Request, seq: Sequence, row: torch.Tensor, now: float) -> None:
+        p = seq.params
+        tok = sample(row, p, req.gen, seq.prompt_ids, seq.output_ids)
+        seq.output_ids.append(tok)
+        first = req.first_token_at is None
+        self.metrics.on_token(first, now - (seq.arrival if first else req.last_token_at))
+        if first:
+            req.first_token_at = now
+        req.last_token_at = now
+        reason = None
+        is_eos = (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids
+        ids = seq.output_ids[:-1] if is_eos else seq.output_ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = find_stop(text, req.stops)
+        if cut >= 0:
+            text, reason = text[:cut], "stop"
+        elif is_eos:
+            reason = "stop"
+        elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        n = len(text) if reason else safe_emit_len(text, req.stops)
+        new_ids = seq.output_ids[req.sent_tokens:]
+        req.sent_tokens = len(seq.output_ids)
+        delta = Delta(text[req.sent:n] if n > req.sent else "", new_ids)
+        req.sent = max(req.sent, n)
+        if reason:
+            self._finish(req, reason, last=delta)
+        elif not req.handle._put(delta):  # the client stopped reading: cancel rather than buffer without end
+            self.metrics.slow_consumers.inc()
+            req.handle._drop_backlog()
+            self._finish(req, "slow_consumer", error=f"the client fell more than {req.handle.max_buffered} chunks "
+                                                     "behind the stream and it was cancelled")
+
+    def _finish(self, req: _Request, reason: str, last: Delta | None = None, error: str | None = None) -> None:
         seq = req.seq
         self.scheduler.finish(seq, reason)
         self._requests.pop(seq.seq_id, None)
         d = last or Delta("", [])
-        d.finish_reason = reason
+        d.finish_reason, d.error = reason, error
         d.prompt_tokens, d.completion_tokens = len(seq.prompt_ids), len(seq.output_ids)
         req.handle._put(d)
         e2e = time.monotonic() - seq.arrival
@@ -448,5 +587,6 @@ class Engine:
             "peak_kv_bytes": self.peak_kv_blocks * self.pool.block_bytes, "peak_fragmentation": self.peak_fragmentation,
             "mean_fragmentation": self._frag_unused / self._frag_alloc if self._frag_alloc else 0.0,
             "preemptions": self.scheduler.num_preemptions, "steps": self.steps, "crashed_steps": self.crashed_steps,
+            "failed_steps": self.failed_steps,
             "finished": dict(self.finished_by_reason), "max_model_len": self.max_model_len,
         }

@@ -130,6 +130,16 @@ class EngineMetrics:
         self.kv_frag = Gauge("sizewise_kv_fragmentation_ratio", "Allocated-but-unused slots / allocated slots", registry=r)
         self.kv_bytes = Gauge("sizewise_kv_pool_bytes", "Bytes preallocated for the KV pool", registry=r)
         self.rss = Gauge("sizewise_process_resident_memory_bytes", "Resident memory of the server process", registry=r)
+        self.isolated_failures = Counter("sizewise_isolated_failures", "Requests failed alone because their row failed a "
+                                         "step on its own; the rest of the batch carried on", registry=r)
+        self.step_failures = Counter("sizewise_step_failures", "Failed batched forward steps by outcome (isolated: culprit "
+                                     "rows found; recovered: every row passed alone; batch_failed: retried and failed)",
+                                     ["outcome"], registry=r)
+        self.slow_consumers = Counter("sizewise_slow_consumer_cancellations", "Streams cancelled because their client "
+                                      "stopped reading past the output buffer cap", registry=r)
+        self.api_errors = Counter("sizewise_api_errors", "Error responses by HTTP status and code", ["status", "code"], registry=r)
+        for outcome in ("isolated", "recovered", "batch_failed"):
+            self.step_failures.labels(outcome)
         self.alert_level = Gauge("sizewise_alert_level", "0 normal, 1 warning, 2 alert", ["alert"], registry=r)
         for rule in self.alerts.rules:
             self.alert_level.labels(rule.name).set(0)

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 import torch
 
 
+GREEDY_BELOW = 1e-5
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 16
@@ -20,10 +23,20 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    presence_penalty: float = 0.0  # OpenAI: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI: subtracted per occurrence in the generated tokens
+    repetition_penalty: float = 1.0  # HF/vLLM: over prompt + output, positive logits divided, negative multiplied
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0 or self.logit_bias)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        # below 1e-5 (vLLM's epsilon) sampling is argmax anyway, and logits / 1e-300 overflow to inf -> NaN
+        # probabilities (found by tests/serve/test_fuzz.py)
+        return self.temperature < GREEDY_BELOW
 
     def generator(self) -> torch.Generator | None:
         if self.greedy:
@@ -33,8 +46,30 @@ class SamplingParams:
         return g
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+def adjust(logits: torch.Tensor, params: SamplingParams, prompt_ids: list[int], output_ids: list[int]) -> torch.Tensor:
+    """Penalties and logit_bias on one row [vocab], before temperature (vLLM's order). Ids past the row are
+    ignored: the API checks them against the embedding rows, which may outnumber the head's."""
+    V = logits.numel()
+    x = logits.float().clone()
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted({t for t in prompt_ids + output_ids if 0 <= t < V}), dtype=torch.long)
+        if seen.numel():
+            v = x[seen]
+            x[seen] = torch.where(v > 0, v / params.repetition_penalty, v * params.repetition_penalty)
+    if (params.presence_penalty or params.frequency_penalty) and output_ids:
+        counts = torch.bincount(torch.tensor([t for t in output_ids if 0 <= t < V], dtype=torch.long), minlength=V)[:V]
+        x -= params.frequency_penalty * counts.float() + params.presence_penalty * (counts > 0).float()
+    for t, b in params.logit_bias.items():
+        if 0 <= t < V:
+            x[t] += b
+    return x
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None,
+           prompt_ids: list[int] = (), output_ids: list[int] = ()) -> int:
     """One token from one row of logits [vocab]."""
+    if params.penalized:
+        logits = adjust(logits, params, list(prompt_ids), list(output_ids))
     if params.greedy:
         return int(logits.argmax())
     logits = logits.float() / params.temperature

@@ -20,7 +20,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def run_foreground(app, engine, host: str, port: int, drain_s: float = 30.0) -> None:
+def listen_socket(host: str, port: int, sndbuf: int | None = None) -> socket.socket:
+    """A bound, listening TCP socket. sndbuf caps each accepted connection's kernel send buffer (Linux copies it from
+    the listener): a client that stops reading then backs up into the engine's stream cap after ~sndbuf bytes,
+    instead of after the several MiB a loopback socket autotunes to."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    s.bind((host, port))
+    s.listen(2048)
+    s.setblocking(False)
+    return s
+
+
+def run_foreground(app, engine, host: str, port: int, drain_s: float = 30.0, sndbuf: int | None = None) -> None:
     """Blocks until SIGINT/SIGTERM: uvicorn (in a helper thread) stops accepting, waits up to drain_s for open
     requests, then the app's lifespan cancels what is left and stops the engine, whose loop ran on this thread.
     Exits normally (status 0)."""
@@ -35,7 +49,8 @@ def run_foreground(app, engine, host: str, port: int, drain_s: float = 30.0) -> 
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    engine.run_while(server.run)
+    sock = listen_socket(host, port, sndbuf) if sndbuf else None
+    engine.run_while(lambda: server.run(sockets=[sock]) if sock else server.run())
     log.info("sizewise serve: shut down cleanly")
 
 

@@ -138,7 +138,9 @@ def test_eos_token_finishes_with_stop(llama_case):
     assert c.finish_reason == "stop" and c.token_ids == refs[i][: j + 1]
 
 
-def test_failed_step_fails_its_requests_not_the_engine(llama_case):
+def test_transient_step_failure_is_retried_not_failed(llama_case):
+    """A fault that no single row reproduces (transient) fails nobody: the rows rerun alone and carry on
+    with the tokens they would have had (tests/serve/test_isolation.py covers faults that one row causes)."""
     model, prompts, refs = llama_case
     eng = engine_for(model)
     real = eng.runner.forward
@@ -153,13 +155,14 @@ def test_failed_step_fails_its_requests_not_the_engine(llama_case):
     eng.runner.forward = flaky
     eng.start()
     try:
-        bad = eng.generate(prompts[0], greedy(4), timeout=30)
-        assert bad.finish_reason == "error"
+        first = eng.generate(prompts[0], greedy(4), timeout=30)
+        assert first.finish_reason == "length" and first.token_ids == refs[0][:4]
         good = eng.generate(prompts[1], greedy(len(refs[1])), timeout=30)
         assert good.token_ids == refs[1]
     finally:
         eng.shutdown(drain_s=1)
-    assert eng.crashed_steps == 1 and eng.pool.used_blocks == 0 and eng.pool.leaked_blocks() == 0
+    assert eng.failed_steps == 1 and eng.crashed_steps == 0
+    assert eng.pool.used_blocks == 0 and eng.pool.leaked_blocks() == 0
 
 
 def test_run_while_runs_the_loop_on_the_calling_thread(llama_case):

@@ -45,3 +45,27 @@ def test_stop_detection_and_hold_back():
     assert safe_emit_len("hello EN", ["END"]) == len("hello ")  # could become END: hold it
     assert safe_emit_len("hello EX", ["END"]) == len("hello EX")
     assert safe_emit_len("caf\ufffd", []) == 3  # incomplete UTF-8 char waits for its next byte
+
+
+def test_penalties_and_logit_bias_change_greedy_choice():
+    from sizewise.serve.sampling import SamplingParams, adjust, sample
+
+    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
+    assert sample(logits, SamplingParams(temperature=0), None) == 1
+    assert sample(logits, SamplingParams(temperature=0, logit_bias={3: 10.0}), None) == 3
+    assert sample(logits, SamplingParams(temperature=0, presence_penalty=0.5), None, output_ids=[1]) == 2
+    assert sample(logits, SamplingParams(temperature=0, frequency_penalty=0.06), None, output_ids=[1, 1]) == 2
+    assert sample(logits, SamplingParams(temperature=0, frequency_penalty=0.06), None, output_ids=[1]) == 1
+    x = adjust(logits, SamplingParams(repetition_penalty=2.0), [1, 3], [])
+    assert torch.equal(x, torch.tensor([0.0, 1.5, 2.9, -2.0]))  # seen ids 1 (positive: halved), 3 (negative: doubled)
+
+
+def test_tiny_temperatures_are_greedy_not_nan():
+    """Found by the fuzzer: temperature 2e-311 divided the logits to inf and multinomial raised on NaN."""
+    from sizewise.serve.sampling import SamplingParams, sample
+
+    logits = torch.tensor([0.5, 3.0, -2.0])
+    for t in (2.225073858507e-311, 4.3e-201, 9e-6):
+        p = SamplingParams(temperature=t, seed=1)
+        assert p.greedy and sample(logits, p, p.generator()) == 1
+    assert not SamplingParams(temperature=1e-5).greedy
