@@ -286,8 +286,18 @@ def serve(
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Compress in memory first (e.g. int8-wo)."),
     name: Optional[str] = typer.Option(None, "--name", help="Model id clients send (default: the file/dir name)."),
     latency_target: float = typer.Option(0.5, "--latency-target", help="Decode step seconds allowed when admitting (0: off)."),
+    ab: Optional[list[str]] = typer.Option(None, "--ab", help="A/B variant SOURCE[:RECIPE]=SHARE, repeatable (e.g. bundled:int8-wo=0.2); MODEL gets the rest."),
+    ab_seed: Optional[int] = typer.Option(None, "--ab-seed", help="Seed of the split for requests without a `user` (default: random)."),
+    no_record: bool = typer.Option(False, "--no-record", help="With --ab: do not record the split's results in the registry."),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """OpenAI-compatible server: continuous batching over a paged KV pool, /metrics and alerts."""
+    if ab:
+        from sizewise.commands.serve_ab import serve_ab_command
+        serve_ab_command(model=model, ab=ab, host=host, port=port, kv_memory=kv_memory, max_batch=max_batch,
+                         block_size=block_size, max_waiting=max_waiting, dtype=dtype, recipe=recipe, name=name,
+                         latency_target=latency_target or None, seed=ab_seed, record=not no_record, registry=registry)
+        return
     from sizewise.commands.serve import serve_command
     serve_command(model=model, host=host, port=port, kv_memory=kv_memory, max_batch=max_batch, block_size=block_size,
                   max_waiting=max_waiting, dtype=dtype, recipe=recipe, name=name,
