@@ -26,6 +26,25 @@ def build_engines(variants, load, cfg) -> dict:
     return engines
 
 
+def _run_until_signal(server) -> None:
+    """uvicorn in a helper thread, SIGINT/SIGTERM handled here. Why not uvicorn on the main thread:
+    after its graceful shutdown it re-raises the signal it caught, which kills the process before
+    the split's results are recorded. The app's lifespan drains and stops the engines."""
+    import signal
+    import threading
+
+    def on_signal(signum, _frame):
+        log.info("sizewise serve --ab: %s received, draining", signal.Signals(signum).name)
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    t = threading.Thread(target=server.run, name="sizewise-uvicorn")
+    t.start()
+    while t.is_alive():
+        t.join(0.5)  # a timeout, so that signals reach the handler above
+
+
 def serve_ab_command(model: str, ab: list[str], host: str, port: int, kv_memory: str | None, max_batch: int,
                      block_size: int = 16, max_waiting: int = 256, dtype: str = "fp32", recipe: str | None = None,
                      name: str | None = None, latency_target: float | None = 0.5, drain_s: float = 30.0,
@@ -63,7 +82,7 @@ def serve_ab_command(model: str, ab: list[str], host: str, port: int, kv_memory:
     log.info("sizewise serve --ab: model %s on http://%s:%d; /v1/ab has the per-variant numbers", served, host, port)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=int(drain_s))
-    uvicorn.Server(config).run()  # main thread: uvicorn handles SIGINT/SIGTERM; the lifespan stops the engines
+    _run_until_signal(uvicorn.Server(config))
     summary = app.summary()
     for r in summary["variants"]:
         log.info("variant %s: %d requests (%d ok, %d errors), latency p50 %s s, TTFT p50 %s s, %s tok/s", r["name"],

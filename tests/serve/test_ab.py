@@ -255,3 +255,56 @@ def test_cli_refuses_before_loading_when_memory_is_small(tmp_path, monkeypatch):
 def test_memory_need_dataclass_sums():
     n = MemoryNeed("x", 10, 20, 3, 4, "test")
     assert n.resident == 17
+
+
+def test_serve_ab_process_records_the_split_on_sigterm(tmp_path):
+    """The real CLI: two saved tiny variants, a few requests, SIGTERM -> exit 0 and serve-ab runs in the registry."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sizewise.registry import Registry
+    from sizewise.serve.server import free_port
+
+    tok = tiny.byte_tokenizer()
+    for name, seed in (("a", 0), ("b", 1)):
+        m = tiny.tiny_llama(seed=seed, vocab=len(tok), dtype=torch.float32, max_position_embeddings=512)
+        m.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    port, reg = free_port(), tmp_path / "reg.sqlite"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sizewise.cli", "serve", str(tmp_path / "a"), "--ab",
+                             f"{tmp_path / 'b'}=0.5", "--ab-seed", "0", "--port", str(port), "--kv-memory", "2MiB",
+                             "--block-size", "8", "--registry", str(reg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        seen = {_complete(url, model="a", user=f"u{i}").headers[HEADER] for i in range(12)}
+        assert seen == {"a", "b"}
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert rc == 0, err
+    with Registry.open(str(reg)) as r:
+        runs = {}
+        for name in ("a", "b"):
+            mid = r.identify(str(tmp_path / name)).id
+            runs[name] = [x for x in r.runs(mid) if x["verb"] == "serve-ab"]
+            assert len(runs[name]) == 1
+    total = sum(x["extra"]["ab"]["numbers"]["requests"] for v in runs.values() for x in v)
+    assert total == 12 and "variant b:" in err
