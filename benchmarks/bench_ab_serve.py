@@ -74,9 +74,11 @@ def main() -> None:
         recorded = []
         for v in ab["variants"]:
             mid = r.identify(v["source"]).id
-            runs = [x for x in r.runs(mid) if x["verb"] == "serve-ab"]
+            # variants of one source (in-memory recipes) share its model id: their runs differ by protocol.ab.variant
+            runs = [x for x in r.runs(mid) if x["verb"] == "serve-ab" and x["extra"]["ab"]["this"] == v["name"]]
+            ids = {x["id"] for x in runs}
             recorded.append({"variant": v["name"], "model_id": mid, "runs": len(runs),
-                             "metrics": {m["name"]: m["value"] for m in r.metrics(mid) if m["name"].startswith("ab.")}})
+                             "metrics": {m["name"]: m["value"] for m in r.metrics(mid) if m["run"] in ids}})
     out = {"benchmark": "ab_serve", "command": command_line(), "server_command": " ".join(cmd[2:]),
            "machine": machine_info(), "startup_s": round(startup_s, 1), "exit_code": proc.returncode,
            "client": summarize(results, wall), "ab": ab, "registry": recorded,

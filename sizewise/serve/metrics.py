@@ -138,6 +138,7 @@ class MetricFamilies:
 
     NAMES = ("running", "waiting", "ttft", "itl", "e2e", "prompt_tokens", "gen_tokens", "requests", "preemptions",
              "tps", "kv_used", "kv_free", "kv_total", "kv_usage", "kv_frag", "kv_bytes", "rss", "alert_level")
+    MORE_LABELS = ("requests", "alert_level")  # the families with a label of their own after `variant`
 
 
 class _Bound:
@@ -150,10 +151,10 @@ class _Bound:
         return self.family.labels(self.variant, *values)
 
 
-def _bind(family, variant: str | None):
+def _bind(family, variant: str | None, more_labels: bool):
     if variant is None:
         return family
-    return _Bound(family, variant) if len(family._labelnames) > 1 else family.labels(variant)
+    return _Bound(family, variant) if more_labels else family.labels(variant)
 
 
 class EngineMetrics:
@@ -176,7 +177,7 @@ class EngineMetrics:
             raise ValueError("a variant name goes with variant-labelled families, and only with them")
         self.variant, self.families, self.registry = variant, fam, fam.registry
         for name in MetricFamilies.NAMES:
-            setattr(self, name, _bind(getattr(fam, name), variant))
+            setattr(self, name, _bind(getattr(fam, name), variant, name in MetricFamilies.MORE_LABELS))
         for rule in self.alerts.rules:
             self.alert_level.labels(rule.name).set(0)
 
