@@ -37,10 +37,32 @@ def _registry_opt():
     return typer.Option(None, "--registry", help="Registry file (default: $SIZEWISE_REGISTRY or ~/.local/share/sizewise/registry.sqlite).")
 
 
-def _record(verb: str, build: Callable[[], list], no_record: bool, registry: Optional[str]) -> None:
-    """Hand a finished verb's result to the registry; a failure there is one warning line, never an exit."""
+def _mlflow_opt():
+    return typer.Option(None, "--mlflow", help="Also log this run to MLflow at this tracking URI (e.g. sqlite:///mlflow.db); needs sizewise[mlflow].")
+
+
+def _check_mlflow(uri: Optional[str]) -> None:
+    """Before the verb's work: a missing mlflow is one error line, not a warning after an hour of compress."""
+    if uri:
+        from sizewise.registry.mlflow_log import require_mlflow
+        require_mlflow()
+
+
+def _record(verb: str, build: Callable[[], list], no_record: bool, registry: Optional[str],
+            mlflow_uri: Optional[str] = None) -> None:
+    """Hand a finished verb's result to the registry (and MLflow); a failure there is one warning line, never an exit."""
     from sizewise.registry.results import record_result
-    record_result(verb, build, enabled=not no_record, registry=registry)
+    built: list = []
+
+    def once() -> list:
+        if not built:
+            built.append(build())
+        return built[0]
+
+    record_result(verb, once, enabled=not no_record, registry=registry)
+    if mlflow_uri:
+        from sizewise.registry.mlflow_log import log_result
+        log_result(verb, once, mlflow_uri)
 
 
 # --- presets / estimate / inspect / plan (foundation) ---
@@ -143,15 +165,17 @@ def compress(
     train_file: Optional[str] = typer.Option(None, "--train-file", help="Text for pruning recovery."),
     no_record: bool = _no_record(),
     registry: Optional[str] = _registry_opt(),
+    mlflow: Optional[str] = _mlflow_opt(),
 ) -> None:
     """Quantize (and optionally prune) a model into a self-contained checkpoint directory."""
+    _check_mlflow(mlflow)
     from sizewise.commands.compress import compress_command
     from sizewise.registry.results import compress_records
     summary = compress_command(model=model, recipe=recipe, out=out, force=force, calib_file=calib_file,
                      calib_tokens=calib_tokens, stream=stream, json_out=json_out,
                      prune_opts={"prune": prune, "sparsity": sparsity, "schedule": schedule, "steps": steps,
                                  "train_file": train_file})
-    _record("prune" if prune else "compress", lambda: compress_records(summary, model, bool(prune)), no_record, registry)
+    _record("prune" if prune else "compress", lambda: compress_records(summary, model, bool(prune)), no_record, registry, mlflow)
 
 
 @app.command("eval")
@@ -168,14 +192,16 @@ def eval_(
     out: Optional[str] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     no_record: bool = _no_record(),
     registry: Optional[str] = _registry_opt(),
+    mlflow: Optional[str] = _mlflow_opt(),
 ) -> None:
     """Perplexity, KLD and top-1 vs a parent, size, load time, prefill/decode speed, peak RSS, kernels."""
+    _check_mlflow(mlflow)
     from sizewise.commands.eval import eval_command
     from sizewise.registry.results import eval_records
     r = eval_command(model=model, against=against, text=text, tokens=tokens, window=window, no_speed=no_speed,
                  json_out=json_out, out=out, dtype=dtype)
     corpus = ("files: " + ", ".join(text)) if text else None
-    _record("eval", lambda: eval_records({**r, "corpus": corpus}), no_record, registry)
+    _record("eval", lambda: eval_records({**r, "corpus": corpus}), no_record, registry, mlflow)
 
 
 @app.command()
@@ -192,8 +218,10 @@ def study(
     sparsity: bool = typer.Option(False, "--sparsity", help="Also run the pruning grid (sparsity.json/md/png)."),
     no_record: bool = _no_record(),
     registry: Optional[str] = _registry_opt(),
+    mlflow: Optional[str] = _mlflow_opt(),
 ) -> None:
     """Run a recipe grid: size, compression, speedups, ppl, KLD, top-1 -> study.json, study.md, plots."""
+    _check_mlflow(mlflow)
     from sizewise.commands.study import study_command
     from sizewise.registry.results import study_records
     st = study_command(model=model, quick=quick, recipes=recipes, out=out, text=text, tokens=tokens, keep=keep,
@@ -203,7 +231,7 @@ def study(
         from sizewise.study import default_out_dir
         return out or str(default_out_dir(model))
 
-    _record("study", lambda: study_records(st, model, _study_out(), keep), no_record, registry)
+    _record("study", lambda: study_records(st, model, _study_out(), keep), no_record, registry, mlflow)
 
 
 # --- compare / report (registry) ---
@@ -291,8 +319,19 @@ def serve(
                                           help="Chunks a stream may fall behind before it is cancelled (a client that stopped reading)."),
     socket_sndbuf: Optional[str] = typer.Option(None, "--socket-sndbuf",
                                                 help="Kernel send buffer per connection, e.g. 16KiB (default: the kernel's autotuning)."),
+    ab: Optional[list[str]] = typer.Option(None, "--ab", help="A/B variant SOURCE[:RECIPE]=SHARE, repeatable (e.g. bundled:int8-wo=0.2); MODEL gets the rest."),
+    ab_seed: Optional[int] = typer.Option(None, "--ab-seed", help="Seed of the split for requests without a `user` (default: random)."),
+    no_record: bool = typer.Option(False, "--no-record", help="With --ab: do not record the split's results in the registry."),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """OpenAI-compatible server: continuous batching over a paged KV pool, /metrics and alerts."""
+    if ab:
+        from sizewise.commands.serve_ab import serve_ab_command
+        serve_ab_command(model=model, ab=ab, host=host, port=port, kv_memory=kv_memory, max_batch=max_batch,
+                         block_size=block_size, max_waiting=max_waiting, dtype=dtype, recipe=recipe, name=name,
+                         latency_target=latency_target or None, seed=ab_seed, record=not no_record, registry=registry,
+                         max_body_bytes=max_body_bytes, max_stream_buffer=max_stream_buffer)
+        return
     from sizewise.commands.serve import serve_command
     serve_command(model=model, host=host, port=port, kv_memory=kv_memory, max_batch=max_batch, block_size=block_size,
                   max_waiting=max_waiting, dtype=dtype, recipe=recipe, name=name,
@@ -353,13 +392,15 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     no_record: bool = _no_record(),
     registry: Optional[str] = _registry_opt(),
+    mlflow: Optional[str] = _mlflow_opt(),
 ) -> None:
     """Write a checkpoint in the format of the engine that runs it; report what was exact and what was re-quantized."""
+    _check_mlflow(mlflow)
     from sizewise.commands.export import export_command
     from sizewise.registry.results import export_records
     report = export_command(src=src, to=to, out=out, type_=type_, allow_requantize=allow_requantize, force=force,
                    json_out=json_out, measure_tokens=measure_tokens)
-    _record("export", lambda: export_records(report, src, out), no_record, registry)
+    _record("export", lambda: export_records(report, src, out), no_record, registry, mlflow)
 
 
 # --- registry (which version is better) ---

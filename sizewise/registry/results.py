@@ -155,3 +155,32 @@ def record_result(verb: str, records: Callable[[], list[dict]], *, enabled: bool
         first = (str(e).splitlines() or [e.__class__.__name__])[0]
         say(f"warning: not recorded in the registry: {first} (the {verb} result above is complete; --no-record skips this)")
     return ids
+
+
+def serve_ab_records(summary: dict, registry: str | None = None) -> list[dict]:
+    """One run per A/B variant (verb serve-ab), each carrying the whole split with every variant's id,
+    so any one run tells what it was compared against. An in-memory recipe goes into the protocol,
+    not the model's recipe: the registry's recipe says how a model's files were made, and these
+    variants have the source's files."""
+    from sizewise.registry.store import Registry
+
+    rows = summary.get("variants") or []
+    with Registry.open(registry) as reg:
+        ids = {v["name"]: reg.identify(v["source"]).id for v in rows}
+    split = [{"name": v["name"], "source": v["source"], "recipe": v["recipe"], "share": v["share"], "id": ids[v["name"]]}
+             for v in rows]
+    recs = []
+    for v in rows:
+        m: dict[str, Any] = {f"ab.{k}": v.get(k) for k in ("requests", "ok", "errors", "client_errors", "observed_share",
+                                                           "tokens_per_s")}
+        m["ab.decode_tok_s"] = v.get("decode_tokens_per_s")
+        for k in ("latency", "ttft"):
+            for q in ("p50", "p95"):
+                m[f"ab.{k}_{q}_s"] = (v.get(f"{k}_s") or {}).get(q)
+        proto = {"ab": {"variant": v["name"], "share": v["share"], "in_memory_recipe": v["recipe"],
+                        "routing": summary.get("routing"), "seed": summary.get("seed")}}
+        recs.append({"model": v["source"], "metrics": m, "protocol": proto,
+                     "extra": {"ab": {"served_model": summary.get("served_model"), "variants": split,
+                                      "uptime_s": summary.get("uptime_s"), "started": summary.get("started"),
+                                      "this": v["name"], "numbers": v}}})
+    return recs

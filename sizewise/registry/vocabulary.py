@@ -33,6 +33,13 @@ QUANTITIES: dict[str, tuple[str, str]] = {
     "sparsity": ("fraction", "fraction of pruned weights that are zero (measured on the masks)"),
     "seconds": ("s", "wall seconds the verb took"),
     "tokens_per_s.c{N}": ("tok/s", "bench-serve generated tokens per wall second at concurrency N"),
+    "ab.requests": ("count", "serve --ab: requests routed to this variant"),
+    "ab.errors": ("count", "serve --ab: this variant's 5xx answers and stream error events"),
+    "ab.observed_share": ("fraction", "serve --ab: this variant's fraction of the split (unpinned) requests"),
+    "ab.latency_p{50,95}_s": ("s", "serve --ab: request latency of this variant's ok requests"),
+    "ab.ttft_p{50,95}_s": ("s", "serve --ab: time to first token of this variant's requests"),
+    "ab.tokens_per_s": ("tok/s", "serve --ab: this variant's generated tokens per wall second of the split"),
+    "ab.decode_tok_s": ("tok/s", "serve --ab: 1 / mean inter-token latency of this variant"),
 }
 
 

@@ -101,46 +101,94 @@ def _rss_bytes() -> int:
         return 0
 
 
+class MetricFamilies:
+    """The metric objects of one CollectorRegistry.
+
+    Why separate from EngineMetrics: an A/B server runs several engines behind one /metrics, and
+    Prometheus allows each name once per registry; so the families are made once, with a leading
+    `variant` label, and each engine binds its own children. `variant_label=False` keeps the
+    unlabelled names a single-model server has always exposed (dashboards keep working)."""
+
+    def __init__(self, variant_label: bool = False, registry: CollectorRegistry | None = None):
+        self.variant_label = variant_label
+        r = self.registry = registry or CollectorRegistry()
+        v = ["variant"] if variant_label else []
+
+        def mk(cls, name, doc, labels=(), **kw):
+            return cls(name, doc, v + list(labels), registry=r, **kw)
+
+        self.running = mk(Gauge, "sizewise_requests_running", "Requests in the running batch")
+        self.waiting = mk(Gauge, "sizewise_requests_waiting", "Requests waiting for admission")
+        self.ttft = mk(Histogram, "sizewise_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS)
+        self.itl = mk(Histogram, "sizewise_inter_token_latency_seconds", "Time between output tokens", buckets=LATENCY_BUCKETS)
+        self.e2e = mk(Histogram, "sizewise_e2e_request_latency_seconds", "Arrival to last token", buckets=LATENCY_BUCKETS)
+        self.prompt_tokens = mk(Counter, "sizewise_prompt_tokens", "Prompt tokens processed")
+        self.gen_tokens = mk(Counter, "sizewise_generation_tokens", "Tokens generated")
+        self.requests = mk(Counter, "sizewise_requests", "Finished requests by reason", ["finish_reason"])
+        self.preemptions = mk(Counter, "sizewise_preemptions", "Sequences preempted for recompute")
+        self.tps = mk(Gauge, "sizewise_generation_tokens_per_second", "Generated tokens per second over the last 10 s")
+        self.kv_used = mk(Gauge, "sizewise_kv_blocks_used", "KV blocks in use")
+        self.kv_free = mk(Gauge, "sizewise_kv_blocks_free", "KV blocks free")
+        self.kv_total = mk(Gauge, "sizewise_kv_blocks_total", "KV blocks in the pool")
+        self.kv_usage = mk(Gauge, "sizewise_kv_usage_ratio", "Used / total KV blocks")
+        self.kv_frag = mk(Gauge, "sizewise_kv_fragmentation_ratio", "Allocated-but-unused slots / allocated slots")
+        self.kv_bytes = mk(Gauge, "sizewise_kv_pool_bytes", "Bytes preallocated for the KV pool")
+        self.rss = mk(Gauge, "sizewise_process_resident_memory_bytes", "Resident memory of the server process")
+        self.alert_level = mk(Gauge, "sizewise_alert_level", "0 normal, 1 warning, 2 alert", ["alert"])
+        self.isolated_failures = mk(Counter, "sizewise_isolated_failures", "Requests failed alone because their row "
+                                    "failed a step on its own; the rest of the batch carried on")
+        self.step_failures = mk(Counter, "sizewise_step_failures", "Failed batched forward steps by outcome (isolated: "
+                                "culprit rows found; recovered: every row passed alone; batch_failed: retried and failed)",
+                                ["outcome"])
+        self.slow_consumers = mk(Counter, "sizewise_slow_consumer_cancellations", "Streams cancelled because their "
+                                 "client stopped reading past the output buffer cap")
+        self.api_errors = mk(Counter, "sizewise_api_errors", "Error responses by HTTP status and code", ["status", "code"])
+
+    NAMES = ("running", "waiting", "ttft", "itl", "e2e", "prompt_tokens", "gen_tokens", "requests", "preemptions",
+             "tps", "kv_used", "kv_free", "kv_total", "kv_usage", "kv_frag", "kv_bytes", "rss", "alert_level",
+             "isolated_failures", "step_failures", "slow_consumers", "api_errors")
+    MORE_LABELS = ("requests", "alert_level", "step_failures", "api_errors")  # the families with a label of their own after `variant`
+
+
+class _Bound:
+    """A labelled family with its leading `variant` value filled in: `.labels(reason)` as before."""
+
+    def __init__(self, family, variant: str):
+        self.family, self.variant = family, variant
+
+    def labels(self, *values: str):
+        return self.family.labels(self.variant, *values)
+
+
+def _bind(family, variant: str | None, more_labels: bool):
+    if variant is None:
+        return family
+    return _Bound(family, variant) if more_labels else family.labels(variant)
+
+
 class EngineMetrics:
-    """Counters, gauges and histograms of one engine, plus the sliding windows the alerts read."""
+    """Counters, gauges and histograms of one engine, plus the sliding windows the alerts read.
+
+    `variant` labels every series of this engine (`variant="B"`); without it the names carry no
+    label, exactly as before. `families` shares one registry between engines (see MetricFamilies)."""
 
     def __init__(self, rules: list[AlertRule] | None = None, window_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, *, variant: str | None = None,
+                 families: MetricFamilies | None = None):
         self.clock = clock
         self.min_blocks_for_frag = 8
         self.window_s = window_s
         self.alerts = AlertMonitor(rules)
         self._itl: deque[tuple[float, float]] = deque(maxlen=20000)
         self._tok_times: deque[tuple[float, int]] = deque(maxlen=20000)
-        r = self.registry = CollectorRegistry()
-        self.running = Gauge("sizewise_requests_running", "Requests in the running batch", registry=r)
-        self.waiting = Gauge("sizewise_requests_waiting", "Requests waiting for admission", registry=r)
-        self.ttft = Histogram("sizewise_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("sizewise_inter_token_latency_seconds", "Time between output tokens", buckets=LATENCY_BUCKETS, registry=r)
-        self.e2e = Histogram("sizewise_e2e_request_latency_seconds", "Arrival to last token", buckets=LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("sizewise_prompt_tokens", "Prompt tokens processed", registry=r)
-        self.gen_tokens = Counter("sizewise_generation_tokens", "Tokens generated", registry=r)
-        self.requests = Counter("sizewise_requests", "Finished requests by reason", ["finish_reason"], registry=r)
-        self.preemptions = Counter("sizewise_preemptions", "Sequences preempted for recompute", registry=r)
-        self.tps = Gauge("sizewise_generation_tokens_per_second", "Generated tokens per second over the last 10 s", registry=r)
-        self.kv_used = Gauge("sizewise_kv_blocks_used", "KV blocks in use", registry=r)
-        self.kv_free = Gauge("sizewise_kv_blocks_free", "KV blocks free", registry=r)
-        self.kv_total = Gauge("sizewise_kv_blocks_total", "KV blocks in the pool", registry=r)
-        self.kv_usage = Gauge("sizewise_kv_usage_ratio", "Used / total KV blocks", registry=r)
-        self.kv_frag = Gauge("sizewise_kv_fragmentation_ratio", "Allocated-but-unused slots / allocated slots", registry=r)
-        self.kv_bytes = Gauge("sizewise_kv_pool_bytes", "Bytes preallocated for the KV pool", registry=r)
-        self.rss = Gauge("sizewise_process_resident_memory_bytes", "Resident memory of the server process", registry=r)
-        self.isolated_failures = Counter("sizewise_isolated_failures", "Requests failed alone because their row failed a "
-                                         "step on its own; the rest of the batch carried on", registry=r)
-        self.step_failures = Counter("sizewise_step_failures", "Failed batched forward steps by outcome (isolated: culprit "
-                                     "rows found; recovered: every row passed alone; batch_failed: retried and failed)",
-                                     ["outcome"], registry=r)
-        self.slow_consumers = Counter("sizewise_slow_consumer_cancellations", "Streams cancelled because their client "
-                                      "stopped reading past the output buffer cap", registry=r)
-        self.api_errors = Counter("sizewise_api_errors", "Error responses by HTTP status and code", ["status", "code"], registry=r)
+        fam = families or MetricFamilies(variant_label=variant is not None)
+        if fam.variant_label != (variant is not None):
+            raise ValueError("a variant name goes with variant-labelled families, and only with them")
+        self.variant, self.families, self.registry = variant, fam, fam.registry
+        for name in MetricFamilies.NAMES:
+            setattr(self, name, _bind(getattr(fam, name), variant, name in MetricFamilies.MORE_LABELS))
         for outcome in ("isolated", "recovered", "batch_failed"):
             self.step_failures.labels(outcome)
-        self.alert_level = Gauge("sizewise_alert_level", "0 normal, 1 warning, 2 alert", ["alert"], registry=r)
         for rule in self.alerts.rules:
             self.alert_level.labels(rule.name).set(0)
 

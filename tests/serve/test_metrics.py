@@ -62,3 +62,27 @@ def test_latency_window_and_gauges_and_names():
                  "sizewise_e2e_request_latency_seconds", "sizewise_generation_tokens_per_second",
                  "sizewise_process_resident_memory_bytes", 'sizewise_alert_level{alert="memory"} 2.0'):
         assert name in text, name
+
+
+def test_variant_label_on_every_series_and_one_registry_for_many_engines():
+    from sizewise.serve.metrics import MetricFamilies
+
+    fam = MetricFamilies(variant_label=True)
+    a, b = EngineMetrics(variant="A", families=fam), EngineMetrics(variant="B", families=fam)
+    pool = KVPool(KVLayout("gqa", 1, torch.float32, num_kv_heads=1, head_dim=1), 20, 4)
+    a.on_token(True, 0.2)
+    b.on_token(True, 0.3)
+    b.on_token(False, 0.1)
+    a.on_finish("length", 0.5)
+    a.update(running=1, waiting=0, pool=pool)
+    b.update(running=2, waiting=1, pool=pool)
+    text = a.exposition().decode()
+    assert text == b.exposition().decode()  # one registry, both variants
+    for line in ('sizewise_requests_running{variant="A"} 1.0', 'sizewise_requests_running{variant="B"} 2.0',
+                 'sizewise_generation_tokens_total{variant="B"} 2.0', 'sizewise_requests_total{finish_reason="length",variant="A"} 1.0',
+                 'sizewise_alert_level{alert="memory",variant="B"} 0.0'):
+        assert line in text, line
+    series = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert all('variant="' in ln for ln in series)  # every series says which variant it belongs to
+    plain = EngineMetrics().exposition().decode()
+    assert "variant=" not in plain and "sizewise_requests_running 0.0" in plain  # a single-model server is as before
