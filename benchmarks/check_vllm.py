@@ -99,6 +99,14 @@ def _kernels(log: str) -> list[str]:
     return sorted(set(re.findall(r"\b(\w+LinearKernel|\w+ScaledMM\w*Kernel)\b", log)))
 
 
+def _reason(log: str) -> list[str]:
+    """Why vLLM refused: its own error lines (kernel search reasons first), without the log prefixes."""
+    lines = [re.sub(r"^\(\w+ pid=\d+\) (ERROR|INFO|WARNING) [\d\- :]+\[[^\]]+\] ?", "", ln).strip()
+             for ln in log.splitlines()]
+    keep = [ln for ln in lines if "cannot implement" in ln or ln.startswith(("ValueError", "RuntimeError"))]
+    return keep[:8] or lines[-8:]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=8192)
@@ -148,7 +156,8 @@ def main() -> None:
         log = p.stdout + p.stderr
         (work / f"{recipe}-vllm.log").write_text(log)
         if p.returncode != 0 or not res_path.is_file():
-            results.append({"recipe": recipe, "ok": False, "error": log[-3000:]})
+            results.append({"recipe": recipe, "ok": False, "export_format": report.get("format"),
+                            "schemes": report.get("schemes"), "error": _reason(log)})
             print(f"{recipe}: vLLM failed (log in {work / f'{recipe}-vllm.log'})")
             continue
         v = json.loads(res_path.read_text())

@@ -292,6 +292,10 @@ def _export_packed(d: Path, out: Path, manifest: dict, type_: str | None, allow:
                 notes.append(f"int4 group sizes {sorted(sizes)} in one checkpoint (fallbacks): vLLM reads each layer's "
                              "config group; transformers' dequantize path applies the first group's scheme to every layer")
         out_cfg["quantization_config"] = qc
+    if any(m["scheme"] == "int8-wo-pack" for m in modules.values()):
+        notes.append("int8-wo is written as W8A16 pack-quantized (num_bits 8): vLLM runs it on its GPU WNA16 kernels "
+                     "(Marlin, Machete, Exllama); vLLM's CPU build has none for 8-bit weights (CPUWNA16 takes 4-bit "
+                     "only) and refuses to load it: on a CPU serve int8-dyn or int4-ct-gN instead")
     cal = manifest.get("calibration") or {}
     if cal.get("act_order"):
         notes.append("GPTQ act-order with static groups: integers are stored in the original column order with "
