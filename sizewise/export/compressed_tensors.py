@@ -1,19 +1,25 @@
 """`sizewise export SRC --to vllm`: a compressed-tensors checkpoint that vLLM, SGLang and transformers load.
 
 What sizewise already writes is most of it: `checkpoint.save_compressed` stores int4 with integer
-zero points, int8-wo and int8-dyn under compressed-tensors names and layouts (`weight_packed` 8
-nibbles per int32 along the input dim, `weight_zero_point` packed along the output dim, `weight_scale`
-[N, G] or [N, 1], `weight_shape`), which is what compressed-tensors' PackedQuantizationCompressor /
-NaiveQuantizationCompressor and vLLM's CompressedTensorsWNA16 / W8A8Int8 schemes read. So the export
-is a validated copy: every packed tensor and every kept float tensor is carried over byte for byte,
-and only config.json changes (and only what needs to):
+zero points and int8-dyn under compressed-tensors names and layouts (`weight_packed` 8 nibbles per
+int32 along the input dim, `weight_zero_point` packed along the output dim, `weight_scale` [N, G] or
+[N, 1], `weight_shape`; int8 `weight` [N, K]), which is what compressed-tensors' PackedQuantizationCompressor /
+IntQuantizationCompressor and vLLM's CompressedTensorsWNA16 / W8A8Int8 schemes read. So the export is
+a validated copy: those packed tensors and every kept float tensor are carried over byte for byte, and:
 
+- int8-wo (W8A16) is re-containered, not re-quantized: vLLM treats "int-quantized" as a format with
+  quantized activations and refuses a group without input_activations, and its W8A16 int path reads
+  "pack-quantized" with num_bits 8 (4 bytes per int32, offset 128). The same integers and scales go
+  into that container (scheme `int8-wo-pack`, packed.Int8PackedWeightOnlyLinear). vLLM runs it on GPU
+  kernels (Marlin, Machete, Exllama); its CPU build has no 8-bit WNA16 kernel and refuses it (measured:
+  benchmarks/results/vllm_check.json), which the report says in a note;
 - `quantization_config` is rebuilt from the modules written (no `sizewise_schemes`, which no engine reads);
-- `"dequantize": true` when int4 groups are asymmetric: transformers 5.25 + compressed-tensors 0.20
-  build the parameters of an asymmetric pack-quantized layer on the meta device with an *unpacked*
-  zero point [N, G] and then refuse the packed [N/8, G] one that compressed-tensors itself writes and
-  vLLM reads (llm-compressor issue #1618); with `dequantize` transformers decompresses each
-  layer from the checkpoint's own tensors through compressed-tensors' compressor instead. vLLM ignores the key.
+- `"dequantize": true` when a group is pack-quantized: transformers 5.25 + compressed-tensors 0.20
+  build an asymmetric pack-quantized layer on the meta device with an *unpacked* zero point [N, G] and
+  then refuse the packed [N/8, G] one that compressed-tensors itself writes and vLLM reads (llm-compressor
+  issue #1618), and fail on a symmetric 8-bit one ("Linear has no attribute weight"); with `dequantize`
+  transformers decompresses each layer from the checkpoint's own tensors through compressed-tensors'
+  compressor instead (in bf16). vLLM ignores the key.
 
 What has no exact target, and what happens to it (`--allow-requantize`, else exit 2 naming the way):
 - int4 with a float zero per group (`int4-gN-fz`, the default int4 recipes): compressed-tensors has
