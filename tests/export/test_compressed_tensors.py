@@ -285,3 +285,18 @@ def test_cli_unsupported_architecture(ckpts, tmp_path):
     r = _cli([str(d), "--to", "vllm", "--out", str(tmp_path / "x")])
     _one_error(r)
     assert "OddForCausalLM" in r.output and not (tmp_path / "x").exists()
+
+
+def test_int8_wo_export_is_the_same_integers_and_loads_back(ckpts, exports):
+    """int8-wo is re-containered (pack-quantized, 8 bits) for vLLM's W8A16 path, not re-quantized:
+    sizewise loads the export back to the checkpoint's integers and scales, and the report says why
+    vLLM's CPU build cannot run it."""
+    from sizewise.compression.sizing import scheme_format
+    from sizewise.io.model_load import load_model
+
+    out, rep = exports["int8-wo"]
+    assert list(rep["schemes"]) == ["int8-wo-pack"] and scheme_format("int8-wo-pack") == "int8"
+    assert any("CPU" in n and "int8-dyn" in n for n in rep["notes"])
+    a, b = _packed(load_model(str(ckpts["int8-wo"])).model), _packed(load_model(str(out)).model)
+    for name, m in a.items():
+        assert torch.equal(b[name].weight, m.weight) and torch.equal(b[name].weight_scale, m.weight_scale)
