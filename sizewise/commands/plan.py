@@ -17,12 +17,34 @@ _TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "half
 
 
 def native_format(cfg: dict) -> str:
-    """The format the checkpoint stores: its quantization_config (fp8 blocks) or its torch dtype."""
+    """The format the checkpoint stores: its quantization_config (fp8 blocks; compressed-tensors int4
+    groups or int8 channels, as `sizewise export --to vllm` writes them) or its torch dtype."""
     q = cfg.get("quantization_config")
     if isinstance(q, dict) and str(q.get("quant_method", "")).lower() == "fp8":
         return "fp8"
+    if isinstance(q, dict) and str(q.get("quant_method", "")).lower() == "compressed-tensors":
+        ct = compressed_tensors_format(q)
+        if ct:
+            return ct
     dt = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").lower()
     return _TORCH_DTYPES.get(dt, "bf16")
+
+
+def compressed_tensors_format(q: dict) -> str | None:
+    """A compressed-tensors quantization_config -> the sizewise storage format that sizes it: int4 groups
+    -> int4-ct-gG, int8 channels (W8A16 or W8A8) -> int8; None when the groups differ or are another kind."""
+    found = set()
+    for g in (q.get("config_groups") or {}).values():
+        w = g.get("weights") or {}
+        if w.get("type", "int") != "int":
+            return None
+        if w.get("num_bits") == 4 and w.get("strategy") == "group" and w.get("group_size") in (32, 64, 128):
+            found.add(f"int4-ct-g{w['group_size']}")
+        elif w.get("num_bits") == 8 and w.get("strategy") == "channel":
+            found.add("int8")
+        else:
+            return None
+    return found.pop() if len(found) == 1 else None
 
 
 def model_id_for(model: str, name: str) -> str:

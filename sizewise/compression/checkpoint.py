@@ -200,6 +200,10 @@ def quantization_config(modules: dict[str, dict], ignore: list[str]) -> dict | N
                 a = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": meta.get("input_strategy", "tensor"),
                      "dynamic": False, "observer": "minmax"}
             fmt = "int-quantized"
+        elif s == "int8-wo-pack":  # W8A16 as vLLM's WNA16 path reads it (packed.Int8PackedWeightOnlyLinear)
+            w = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "dynamic": False,
+                 "observer": "minmax"}
+            a, fmt = None, "pack-quantized"
         else:
             other.setdefault(s, []).append(name)
             continue

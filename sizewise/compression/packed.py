@@ -163,6 +163,27 @@ class Int8WeightOnlyLinear(PackedLinear):
         return Q.dequantize_per_channel_int8(self.weight, self.weight_scale)
 
 
+
+class Int8PackedWeightOnlyLinear(Int8WeightOnlyLinear):
+    """int8-wo with its integers stored the way vLLM's W8A16 path reads them: compressed-tensors
+    "pack-quantized" with num_bits 8 (4 bytes per int32, offset 128), because vLLM treats "int-quantized"
+    as an activation-quantized format and refuses it without input_activations. Same integers and
+    scales as int8-wo, same kernel; only the stored container differs (written by `export --to vllm`)."""
+
+    scheme = "int8-wo-pack"
+    weight_keys = ("weight_packed", "weight_scale", "weight_shape")
+
+    def packed_tensors(self) -> dict[str, torch.Tensor]:
+        n, k = self.weight.shape
+        return {"weight_packed": Q.pack_int8_to_int32(self.weight), "weight_scale": self.weight_scale.reshape(-1, 1),
+                "weight_shape": torch.tensor([n, k], dtype=torch.int64)}
+
+    @classmethod
+    def from_packed(cls, tensors, meta, bias):
+        n, k = (int(v) for v in tensors["weight_shape"])
+        q = Q.unpack_int32_to_int8(tensors["weight_packed"], k)
+        return cls(q, tensors["weight_scale"].reshape(-1), bias)
+
 # --- W8A8 dynamic per-token: torch._int_mm ---
 
 def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -447,6 +468,7 @@ def _dt(dtype: torch.dtype) -> str:
 
 
 register_scheme("int8-wo", Int8WeightOnlyLinear)
+register_scheme("int8-wo-pack", Int8PackedWeightOnlyLinear)
 register_scheme("int8-dyn", Int8DynamicLinear)
 register_scheme("int8-static", Int8StaticLinear)
 for _g in (32, 64, 128, 256):

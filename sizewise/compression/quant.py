@@ -219,3 +219,22 @@ def unpack_int32_to_int4(packed: torch.Tensor, cols: int) -> torch.Tensor:
     shifts = torch.arange(0, 32, 4, dtype=torch.int32)
     q = (packed[..., None] >> shifts) & 0xF
     return q.reshape(packed.shape[0], -1)[:, :cols].to(torch.int32)
+
+
+# --- byte packing (compressed-tensors "pack-quantized" with num_bits 8: W8A16 as vLLM's WNA16 reads it) ---
+
+def pack_int8_to_int32(q: torch.Tensor) -> torch.Tensor:
+    """int8 q [R, C] -> int32 [R, C/4]: each value offset by 128 to 0..255, element j in bits 8*(j%4)."""
+    r, c = q.shape
+    if c % 4:
+        raise ValueError(f"cannot pack {c} int8 columns into int32 (need a multiple of 4)")
+    u = (q.to(torch.int64) + 128).reshape(r, c // 4, 4)
+    packed = (u << torch.arange(0, 32, 8, dtype=torch.int64)).sum(dim=-1)
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed)  # reinterpret as signed int32
+    return packed.to(torch.int32)
+
+
+def unpack_int32_to_int8(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    """Inverse of pack_int8_to_int32 -> int8 [R, cols]."""
+    u = (packed[..., None] >> torch.arange(0, 32, 8, dtype=torch.int32)) & 0xFF
+    return (u.reshape(packed.shape[0], -1)[:, :cols] - 128).to(torch.int8)

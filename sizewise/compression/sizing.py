@@ -18,7 +18,7 @@ def scheme_format(scheme: str) -> str | None:
     m = _INT4.match(scheme)
     if m:
         return f"int4-{'ct-' if m.group(2) == 'asym' else ''}g{m.group(1)}"
-    if scheme in ("int8-wo", "int8-dyn", "int8-static", "int8-embed"):
+    if scheme in ("int8-wo", "int8-wo-pack", "int8-dyn", "int8-static", "int8-embed"):
         return "int8"
     if scheme in ("fp32", "fp16", "bf16"):
         return scheme

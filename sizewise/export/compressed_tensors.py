@@ -1,19 +1,25 @@
 """`sizewise export SRC --to vllm`: a compressed-tensors checkpoint that vLLM, SGLang and transformers load.
 
 What sizewise already writes is most of it: `checkpoint.save_compressed` stores int4 with integer
-zero points, int8-wo and int8-dyn under compressed-tensors names and layouts (`weight_packed` 8
-nibbles per int32 along the input dim, `weight_zero_point` packed along the output dim, `weight_scale`
-[N, G] or [N, 1], `weight_shape`), which is what compressed-tensors' PackedQuantizationCompressor /
-NaiveQuantizationCompressor and vLLM's CompressedTensorsWNA16 / W8A8Int8 schemes read. So the export
-is a validated copy: every packed tensor and every kept float tensor is carried over byte for byte,
-and only config.json changes (and only what needs to):
+zero points and int8-dyn under compressed-tensors names and layouts (`weight_packed` 8 nibbles per
+int32 along the input dim, `weight_zero_point` packed along the output dim, `weight_scale` [N, G] or
+[N, 1], `weight_shape`; int8 `weight` [N, K]), which is what compressed-tensors' PackedQuantizationCompressor /
+IntQuantizationCompressor and vLLM's CompressedTensorsWNA16 / W8A8Int8 schemes read. So the export is
+a validated copy: those packed tensors and every kept float tensor are carried over byte for byte, and:
 
+- int8-wo (W8A16) is re-containered, not re-quantized: vLLM treats "int-quantized" as a format with
+  quantized activations and refuses a group without input_activations, and its W8A16 int path reads
+  "pack-quantized" with num_bits 8 (4 bytes per int32, offset 128). The same integers and scales go
+  into that container (scheme `int8-wo-pack`, packed.Int8PackedWeightOnlyLinear). vLLM runs it on GPU
+  kernels (Marlin, Machete, Exllama); its CPU build has no 8-bit WNA16 kernel and refuses it (measured:
+  benchmarks/results/vllm_check.json), which the report says in a note;
 - `quantization_config` is rebuilt from the modules written (no `sizewise_schemes`, which no engine reads);
-- `"dequantize": true` when int4 groups are asymmetric: transformers 5.25 + compressed-tensors 0.20
-  build the parameters of an asymmetric pack-quantized layer on the meta device with an *unpacked*
-  zero point [N, G] and then refuse the packed [N/8, G] one that compressed-tensors itself writes and
-  vLLM reads (llm-compressor issue #1618); with `dequantize` transformers decompresses each
-  layer from the checkpoint's own tensors through compressed-tensors' compressor instead. vLLM ignores the key.
+- `"dequantize": true` when a group is pack-quantized: transformers 5.25 + compressed-tensors 0.20
+  build an asymmetric pack-quantized layer on the meta device with an *unpacked* zero point [N, G] and
+  then refuse the packed [N/8, G] one that compressed-tensors itself writes and vLLM reads (llm-compressor
+  issue #1618), and fail on a symmetric 8-bit one ("Linear has no attribute weight"); with `dequantize`
+  transformers decompresses each layer from the checkpoint's own tensors through compressed-tensors'
+  compressor instead (in bf16). vLLM ignores the key.
 
 What has no exact target, and what happens to it (`--allow-requantize`, else exit 2 naming the way):
 - int4 with a float zero per group (`int4-gN-fz`, the default int4 recipes): compressed-tensors has
@@ -37,17 +43,18 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from sizewise.errors import SizewiseError
+from sizewise.export import common
 
 TYPES = ("fp32", "fp16", "bf16")
 _TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _INT4_ASYM = re.compile(r"^int4-g(\d+)-asym$")
 _INT4_FZ = re.compile(r"^int4-g(\d+)-fz$")
-EXACT = {"int8-wo": "W8A16 (int8 channel weights, int-quantized)",
-         "int8-dyn": "W8A8 int8 (channel weights, dynamic per-token activations, int-quantized)",
+EXACT = {"int8-dyn": "W8A8 int8 (channel weights, dynamic per-token activations, int-quantized)",
          "int8-static": "W8A8 int8 (channel weights, static per-tensor activations, int-quantized)"}
 # vLLM fuses these into one layer (QKVParallelLinear, MergedColumnParallelLinear): one scheme for all
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -56,42 +63,38 @@ DEFAULT_MEASURE_TOKENS = 2048
 
 def export(src: str, out: Path, *, type_: str | None = None, allow_requantize: bool = False, force: bool = False,
            measure_tokens: int = DEFAULT_MEASURE_TOKENS) -> dict:
-    """Write `out` for vLLM/SGLang/transformers; returns the report (sizewise/export/__init__.py)."""
+    """Write `out` for vLLM/SGLang/transformers; returns the report (sizewise/export/__init__.py).
+
+    Every check that can refuse runs before anything is written; the KLD is measured on the finished
+    temporary directory and the report written into it, so `out` appears whole (report included) or not at all."""
     from sizewise.compression.checkpoint import check_out_path
-    from sizewise.io.bundled import resolve_path
 
     t0 = time.perf_counter()
     if type_ is not None and type_ not in TYPES:
         raise SizewiseError(f"unknown --type {type_!r} for --to vllm: valid types are {', '.join(TYPES)}")
-    path = resolve_path(src)
-    if not path.exists():
-        raise SizewiseError(f"model not found: {path} (give a sizewise directory, an HF directory, a .gguf file or 'bundled')")
+    path, kind = common.source_kind(src)
     out = Path(out)
     check_out_path(out, path)
     if out.exists() and not force:
         raise SizewiseError(f"{out} already exists: choose another --out or pass --force to replace it")
-    if path.is_dir() and (path / "sizewise.json").is_file():
+    if kind != "gguf":  # a GGUF carries its tokenizer in its metadata
+        common.require_tokenizer(path)
+
+    def finish(tmp: Path, report: dict) -> None:
+        report["kld_vs_src"] = None
+        if report["requantized"] and measure_tokens > 0:
+            report["kld_vs_src"], report["measured_on"] = measure_kld(str(path), str(tmp), measure_tokens)
+        elif report["requantized"]:
+            report["notes"].append("--measure-tokens 0: the KLD of the re-quantized tensors was not measured")
+        report["seconds"] = round(time.perf_counter() - t0, 2)
+        _write_report(tmp, report)
+
+    if kind == "sizewise":
         from sizewise.compression.checkpoint import read_manifest
         manifest = read_manifest(path)
         if manifest.get("modules"):
-            report = _export_packed(path, out, manifest, type_, allow_requantize, force)
-        else:
-            report = _export_dense(path, out, "sizewise", type_, force)
-    elif path.is_file() and path.suffix == ".gguf":
-        report = _export_dense(path, out, "gguf", type_, force)
-    elif path.is_dir() and (path / "config.json").is_file():
-        report = _export_dense(path, out, "hf", type_, force)
-    else:
-        raise SizewiseError(f"cannot export {path}: expected a sizewise directory, an HF directory with config.json, "
-                            "a .gguf file or 'bundled'")
-    report["kld_vs_src"] = None
-    if report["requantized"] and measure_tokens > 0:
-        report["kld_vs_src"], report["measured_on"] = measure_kld(str(path), str(out), measure_tokens)
-    elif report["requantized"]:
-        report["notes"].append("--measure-tokens 0: the KLD of the re-quantized tensors was not measured")
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    _write_report(out, report)
-    return report
+            return _export_packed(path, out, manifest, type_, allow_requantize, force, finish)
+    return _export_dense(path, out, kind, type_, force, finish)
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -153,11 +156,15 @@ def refit_integer_zero(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
 # --- packed sources -----------------------------------------------------------------------------
 
 def _plan(modules: dict[str, dict]) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """-> ({module: "exact" | "refit" | "densify"}, {unsupported scheme: [modules]})."""
+    """-> ({module: "exact" | "repack" | "refit" | "densify"}, {unsupported scheme: [modules]}).
+
+    repack: the same integers and scales in another container (int8-wo -> int8-wo-pack, see packed.py)."""
     how, bad = {}, {}
     for name, m in modules.items():
         s = m["scheme"]
-        if _INT4_ASYM.match(s) or s in ("int8-wo", "int8-dyn") and not name.endswith("lm_head"):
+        if s == "int8-wo" and not name.endswith("lm_head"):
+            how[name] = "repack"
+        elif _INT4_ASYM.match(s) or s == "int8-dyn" and not name.endswith("lm_head"):
             how[name] = "exact"
         elif s == "int8-static" and m.get("meta", {}).get("input_strategy", "tensor") == "tensor":
             how[name] = "exact"
@@ -188,7 +195,8 @@ def _refuse_inexact(how: dict[str, str], modules: dict[str, dict], where: Path) 
             "(the KLD this adds is measured and reported)")
 
 
-def _export_packed(d: Path, out: Path, manifest: dict, type_: str | None, allow: bool, force: bool) -> dict:
+def _export_packed(d: Path, out: Path, manifest: dict, type_: str | None, allow: bool, force: bool,
+                   finish: Callable[[Path, dict], None]) -> dict:
     from sizewise.compression import packed as P
     from sizewise.compression.checkpoint import (INDEX, MANIFEST, _write_safetensors, publish_modes,
                                                  quantization_config, read_tensors)
@@ -234,6 +242,14 @@ def _export_packed(d: Path, out: Path, manifest: dict, type_: str | None, allow:
             continue
         cls = P.scheme_class(m["scheme"])
         mod = cls.from_packed({k: v.clone() for k, v in parts.items()}, m["meta"], bias)
+        if h == "repack":
+            packed = P.Int8PackedWeightOnlyLinear(mod.weight, mod.weight_scale, None)
+            for k, t in packed.packed_tensors().items():
+                out_tensors[f"{name}.{k}"] = t
+            modules[name] = {**m, "scheme": packed.scheme}
+            tmanifest[f"{name}.weight"] = {**tmanifest.get(f"{name}.weight", {}), "scheme": packed.scheme}
+            exact.append(f"{name}.weight")
+            continue
         if h == "refit":
             g = int(m["meta"]["group_size"])
             q, s, zp = refit_integer_zero(mod.dequantized_weight(), mod.weight_scale, mod.weight_zero, g)
@@ -275,19 +291,30 @@ def _export_packed(d: Path, out: Path, manifest: dict, type_: str | None, allow:
         out_cfg.pop("torch_dtype", None)
     if qc:
         qc.pop("sizewise_schemes", None)
-        asym = any(_INT4_ASYM.match(m["scheme"]) for m in modules.values())
-        if asym:
+        if any(_INT4_ASYM.match(m["scheme"]) or m["scheme"] == "int8-wo-pack" for m in modules.values()):
             qc["dequantize"] = True
             sizes = {int(_INT4_ASYM.match(m["scheme"]).group(1)) for m in modules.values() if _INT4_ASYM.match(m["scheme"])}
             if len(sizes) > 1:
                 notes.append(f"int4 group sizes {sorted(sizes)} in one checkpoint (fallbacks): vLLM reads each layer's "
                              "config group; transformers' dequantize path applies the first group's scheme to every layer")
         out_cfg["quantization_config"] = qc
+    if any(m["scheme"] == "int8-wo-pack" for m in modules.values()):
+        notes.append("int8-wo is written as W8A16 pack-quantized (num_bits 8): vLLM runs it on its GPU WNA16 kernels "
+                     "(Marlin, Machete, Exllama); vLLM's CPU build has none for 8-bit weights (CPUWNA16 takes 4-bit "
+                     "only) and refuses to load it: on a CPU serve int8-dyn or int4-ct-gN instead")
     cal = manifest.get("calibration") or {}
     if cal.get("act_order"):
         notes.append("GPTQ act-order with static groups: integers are stored in the original column order with "
                      "contiguous groups, so no g_idx is written or needed")
     new_manifest = {**manifest, "modules": modules, "tensors": tmanifest, "aliases": aliases}
+    schemes: dict[str, int] = {}
+    for m in modules.values():
+        schemes[m["scheme"]] = schemes.get(m["scheme"], 0) + 1
+    report = {"target": "vllm", "out": str(out), "bytes": 0,
+              "source": {"path": str(d), "kind": "sizewise", "recipe": manifest.get("recipe_name")},
+              "format": (qc or {}).get("format"), "schemes": {s: {"modules": n, "compressed_tensors": ct_scheme(s)}
+                                                              for s, n in sorted(schemes.items())},
+              "exact": sorted(exact), "requantized": requantized, "notes": notes}
     with atomic_dir(out, force=force) as tmp:
         files = _write_safetensors(out_tensors, tmp, 2 * 10**9)
         (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2, default=str) + "\n")
@@ -295,20 +322,16 @@ def _export_packed(d: Path, out: Path, manifest: dict, type_: str | None, allow:
             if f.is_file() and f.name not in ("config.json", MANIFEST, INDEX) and f.suffix != ".safetensors":
                 shutil.copy2(f, tmp / f.name)
         new_manifest["files"] = files
-        new_manifest["bytes_on_disk"] = sum((tmp / f).stat().st_size for f in files)
+        new_manifest["bytes_on_disk"] = report["bytes"] = sum((tmp / f).stat().st_size for f in files)
         (tmp / MANIFEST).write_text(json.dumps(new_manifest, indent=2) + "\n")
+        finish(tmp, report)
         publish_modes(tmp)
-    schemes = {}
-    for m in modules.values():
-        schemes[m["scheme"]] = schemes.get(m["scheme"], 0) + 1
-    return {"target": "vllm", "out": str(out), "bytes": new_manifest["bytes_on_disk"],
-            "source": {"path": str(d), "kind": "sizewise", "recipe": manifest.get("recipe_name")},
-            "format": (qc or {}).get("format"), "schemes": {s: {"modules": n, "compressed_tensors": ct_scheme(s)}
-                                                            for s, n in sorted(schemes.items())},
-            "exact": sorted(exact), "requantized": requantized, "notes": notes}
+    return report
 
 
 def ct_scheme(s: str) -> str:
+    if s == "int8-wo-pack":
+        return "W8A16 (int8 channel weights, symmetric, pack-quantized num_bits 8)"
     m = _INT4_ASYM.match(s)
     if m:
         return f"W4A16 asymmetric, group {m.group(1)} (pack-quantized, integer zero points)"
@@ -317,7 +340,8 @@ def ct_scheme(s: str) -> str:
 
 # --- float sources --------------------------------------------------------------------------------
 
-def _export_dense(path: Path, out: Path, kind: str, type_: str | None, force: bool) -> dict:
+def _export_dense(path: Path, out: Path, kind: str, type_: str | None, force: bool,
+                  finish: Callable[[Path, dict], None]) -> dict:
     from sizewise.io.atomic import atomic_dir
     from sizewise.io.model_load import load_model
 
@@ -353,16 +377,17 @@ def _export_dense(path: Path, out: Path, kind: str, type_: str | None, force: bo
     if kind == "gguf":
         notes.append("GGUF source: its blocks are dequantized by transformers' GGUF loader; those values are what "
                      "is carried over (the 'exact' list means: the same values sizewise evaluates as the parent)")
+    changed = {r["name"] for r in requantized}
+    report = {"target": "vllm", "out": str(out), "bytes": 0, "source": {"path": str(path), "kind": kind},
+              "format": "dense", "dtype": _dt(next(iter(model.parameters())).dtype), "schemes": {},
+              "exact": sorted(k for k in before if k not in changed), "requantized": requantized, "notes": notes}
     with atomic_dir(out, force=force) as tmp:
         model.save_pretrained(str(tmp))
         if tok is not None:
             tok.save_pretrained(str(tmp))
-    changed = {r["name"] for r in requantized}
-    exact = sorted(k for k in before if k not in changed)
-    bytes_ = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-    return {"target": "vllm", "out": str(out), "bytes": bytes_, "source": {"path": str(path), "kind": kind},
-            "format": "dense", "dtype": _dt(next(iter(model.parameters())).dtype), "schemes": {},
-            "exact": exact, "requantized": requantized, "notes": notes}
+        report["bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+        finish(tmp, report)
+    return report
 
 
 # --- measuring and reporting ----------------------------------------------------------------------

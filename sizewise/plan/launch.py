@@ -48,9 +48,18 @@ def _join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+def is_compressed_tensors(native_fmt: str | None) -> bool:
+    """Native formats that only a compressed-tensors quantization_config produces (commands/plan.native_format)."""
+    return bool(native_fmt) and (native_fmt.lower().startswith("int4-ct-") or native_fmt.lower() == "int8")
+
+
 def _weight_flags(weights_fmt: str, native_fmt: str | None) -> tuple[list[str], list[str]]:
     """(flags, notes) that make an engine serve `weights_fmt`, given what the checkpoint already stores."""
     w = weights_fmt.lower()
+    if native_fmt and w == native_fmt.lower() and is_compressed_tensors(w):
+        return ["--quantization", "compressed-tensors"], [
+            f"the checkpoint stores {w} in compressed-tensors layout (`sizewise export --to vllm`): "
+            "--quantization compressed-tensors names the config the engine reads, and fails fast if it says otherwise"]
     if native_fmt and w == native_fmt.lower():
         how = "its dtype" if w in _DTYPE_FLAG else "its quantization_config"
         return [], [f"the checkpoint is already {w}: the engine reads {how}, no flag needed"]
@@ -173,7 +182,8 @@ def sglang_command(model_id: str, layout: Layout, weights_fmt: str, context: int
     if layout.pp > 1:
         args += ["--pp-size", str(layout.pp)]
     flags = _weight_flags(weights_fmt, native_fmt)[0]
-    if flags[:1] == ["--dtype"] or flags[:2] == ["--quantization", "fp8"] or flags[:2] == ["--quantization", "bitsandbytes"]:
+    if flags[:1] == ["--dtype"] or flags[:2] in (["--quantization", "fp8"], ["--quantization", "bitsandbytes"],
+                                                  ["--quantization", "compressed-tensors"]):
         args += flags
     if kv_dtype.lower() in _KV_SGLANG:
         args += ["--kv-cache-dtype", _KV_SGLANG[kv_dtype.lower()]]

@@ -34,15 +34,16 @@ def calib(n: int = 2, seq: int = 128) -> torch.Tensor:
     return torch.tensor(ids[:n * seq], dtype=torch.long).view(n, seq)
 
 
-def sizewise_checkpoint(out, recipe: str, seed: int = 0):
-    """A sizewise-compressed directory of a tiny fp32 llama (what `sizewise compress` writes)."""
+def sizewise_checkpoint(out, recipe: str | dict, seed: int = 0):
+    """A sizewise-compressed directory of a tiny fp32 llama (what `sizewise compress` writes); `recipe` a
+    name or a recipe dict ({"base": ..., "act_order": true})."""
     from dataclasses import replace
 
     import sizewise
     from sizewise.compression.checkpoint import save_compressed
-    from sizewise.compression.recipes import RECIPES
+    from sizewise.compression.recipes import RECIPES, recipe_from_dict
 
-    cfg = RECIPES[recipe]
+    cfg = RECIPES[recipe] if isinstance(recipe, str) else recipe_from_dict(recipe)
     if cfg.needs_calibration:
         cfg = replace(cfg, calib_samples=2, calib_seq_len=128)
     m = tiny_llama(seed)
