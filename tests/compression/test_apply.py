@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import tiny_llama, tokens
+from comp_helpers import tiny_llama, tokens
 from sizewise.compression import packed as P
 from sizewise.compression.apply import compress
 from sizewise.compression.precision import RefinedLMHead, StreamEmbedding

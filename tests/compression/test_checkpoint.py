@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import char_tokenizer, tiny_llama, tokens
+from comp_helpers import char_tokenizer, tiny_llama, tokens
 from sizewise.compression import packed as P
 from sizewise.compression.apply import compress
 from sizewise.compression.checkpoint import load_compressed, save_compressed

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny_llama, tokens
+from comp_helpers import tiny_llama, tokens
 from sizewise.compression.apply import compress
 from sizewise.compression.checkpoint import load_compressed, save_compressed
 from sizewise.compression.precision import RefinedLMHead, StreamEmbedding, stored_dtype

@@ -12,7 +12,7 @@ import torch
 
 from sizewise.compression.recipes import RECIPES
 
-from conftest import char_tokenizer, tiny_llama
+from comp_helpers import char_tokenizer, tiny_llama
 
 CALIB_SEQS = 2  # calibration sequences for every path (--calib-tokens on the CLI): the layout does not depend on it
 SAVEABLE = [r for r in RECIPES if r != "torch-dynamic"]  # the baseline row has no checkpoint format

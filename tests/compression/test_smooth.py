@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny_llama, tokens
+from comp_helpers import tiny_llama, tokens
 from sizewise.compression.apply import compress
 from sizewise.compression.gptq import HessianAccumulator
 from sizewise.compression.recipes import RECIPES, recipe_from_dict

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import char_tokenizer, tiny_llama, tokens
+from comp_helpers import char_tokenizer, tiny_llama, tokens
 from sizewise.compression.apply import compress
 from sizewise.compression.checkpoint import load_compressed, read_tensors, save_compressed
 from sizewise.compression.recipes import RECIPES

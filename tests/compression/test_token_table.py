@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
-from conftest import char_tokenizer, tiny_llama, tokens
+from comp_helpers import char_tokenizer, tiny_llama, tokens
 from sizewise.compression import packed as P
 from sizewise.compression import quant as Q
 from sizewise.compression.apply import compress
