@@ -1,7 +1,7 @@
 """`sizewise export SRC --to gguf`: a GGUF file for llama.cpp (and Ollama, LM Studio) that carries
 sizewise's packed integers over without re-rounding them wherever a GGUF block type holds the same grid.
 
-Mapping (docs/export-gguf.md says why):
+Mapping (docs/export.md, GGUF section, says why):
   int8-wo / int8-dyn / int8 token table (per-row int8, one scale per row) -> Q8_0: each block of 32
       holds the same int8 codes and its row's scale as fp16.
   int4-gN (float zero: w = (q - 8) * s + z) and int4-ct-gN (integer zero point: w = (q - zp) * s),

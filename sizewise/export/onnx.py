@@ -1,6 +1,6 @@
 """`sizewise export SRC --to onnx --out DIR [--type fp32|fp16]`: an ONNX Runtime decoder with past key/values.
 
-What it writes (docs/export-onnx.md):
+What it writes (docs/export.md, ONNX section):
   model.onnx (+ model.onnx.data when the weights pass 2 GB: protobuf's limit), the decoder built by
   sizewise/export/onnx_graph.py; tokenizer.json + tokenizer_config.json (+ the tokenizer's other files);
   genai_config.json (onnxruntime-genai's decoder description); sizewise_export.json (the report).
