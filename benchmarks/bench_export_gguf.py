@@ -29,24 +29,6 @@ RECIPES = ["int8-wo", "int4-g64", "int4-gptq-g64"]
 PROMPTS = ["The Python language reference describes", "A list comprehension is", "def fibonacci(n):\n"]
 
 
-def _greedy_sizewise(model, prompt: list[int], n: int) -> list[int]:
-    import torch
-
-    ids = list(prompt)
-    with torch.inference_mode():
-        for _ in range(n):
-            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
-            ids.append(int(logits.argmax()))
-    return ids[len(prompt):]
-
-
-def _lead(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def main() -> None:
@@ -64,6 +46,7 @@ def main() -> None:
     import sizewise
     from sizewise.evaluate import data, machine, metrics
     from sizewise.export import gguf as G
+    from sizewise.export.common import greedy_reference, leading_agreement
     from sizewise.export import llamacpp as L
     from sizewise.io.bundled import bundled_gguf_path
     from sizewise.io.model_load import load_model
@@ -143,8 +126,8 @@ def main() -> None:
         agree = []
         for p in PROMPTS:
             ids = tok(p, add_special_tokens=False)["input_ids"]
-            a, b = _greedy_sizewise(ckpts[k], ids, 16), L.greedy(llms[k], ids, 16)
-            agree.append(_lead(a, b))
+            a, b = greedy_reference(ckpts[k], ids, 16), L.greedy(llms[k], ids, 16)
+            agree.append(leading_agreement(a, b))
         rows[k]["greedy_leading_agree"] = agree
     del ckpts
     # speed: interleaved, repeated

@@ -75,23 +75,6 @@ def _sizewise(*args: str) -> str:
     return r.stdout
 
 
-def _greedy_sizewise(model, prompt: list[int], n: int) -> list[int]:
-    import torch
-
-    ids = list(prompt)
-    with torch.inference_mode():
-        for _ in range(n):
-            ids.append(int(model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax()))
-    return ids[len(prompt):]
-
-
-def _lead(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _kernels(log: str) -> list[str]:
@@ -122,6 +105,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from sizewise.evaluate import data, machine
+    from sizewise.export.common import greedy_reference, leading_agreement
     from sizewise.io.model_load import load_model
 
     work = Path(args.work)
@@ -140,7 +124,7 @@ def main() -> None:
         ev = json.loads(_sizewise("eval", str(ck), "--tokens", str(args.tokens), "--no-speed", "--json", "--no-record"))
         lm = load_model(str(ck))
         prompts = [lm.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-        ours = [_greedy_sizewise(lm.model, p, NEW_TOKENS) for p in prompts]
+        ours = [greedy_reference(lm.model, p, NEW_TOKENS) for p in prompts]
         tokens = data.eval_tokens(lm.tokenizer, args.tokens)
         del lm
         job = work / f"{recipe}-job.json"
@@ -161,7 +145,7 @@ def main() -> None:
             print(f"{recipe}: vLLM failed (log in {work / f'{recipe}-vllm.log'})")
             continue
         v = json.loads(res_path.read_text())
-        leads = [_lead(a, b) for a, b in zip(ours, v["continuations"])]
+        leads = [leading_agreement(a, b) for a, b in zip(ours, v["continuations"])]
         sw_ppl = ev.get("quality", ev).get("ppl") if isinstance(ev.get("quality", ev), dict) else None
         row = {"recipe": recipe, "ok": True, "export_format": report.get("format"),
                "schemes": report.get("schemes"), "requantized": len(report.get("requantized", [])),

@@ -101,3 +101,25 @@ def kld(reference_model, candidate_model, tokenizer, n_tokens: int, window: int 
     q = metrics.compare(candidate_model, ref)
     return {"kld": q.kld, "kld_max": q.kld_max, "top1": q.top1, "ppl_source": ref.quality.ppl, "ppl_export": q.ppl,
             "tokens": n_tokens, "predicted": q.n_predicted, "window": ref.window}
+
+
+def greedy_reference(model, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens from a transformers-style model, the whole sequence re-run each step (no cache):
+    the reference an engine's greedy continuation is compared with, free of any cache bug of ours."""
+    import torch
+
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(n):
+            ids.append(int(model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def leading_agreement(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two continuations share (the issue's "agree for the first k tokens")."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
