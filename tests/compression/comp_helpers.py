@@ -2,10 +2,10 @@
 with a character-level tokenizer, so the CLI's in-memory path runs without the bundled model."""
 from __future__ import annotations
 
-import string
 
 import pytest
 import torch
+from tiny_tokenizers import char_tokenizer
 
 VOCAB = 128
 
@@ -25,15 +25,6 @@ def tokens(n: int, seq: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (n, seq), generator=g)
 
 
-def char_tokenizer():
-    """A real PreTrainedTokenizerFast: one token per printable character (ids < VOCAB)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    chars = sorted(set(string.printable))
-    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
 
 
 @pytest.fixture

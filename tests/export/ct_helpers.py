@@ -1,9 +1,9 @@
 """Tiny models and checkpoints for the compressed-tensors export tests (built here, fixed seeds)."""
 from __future__ import annotations
 
-import string
 
 import torch
+from tiny_tokenizers import char_tokenizer
 
 VOCAB = 128
 CALIB_TEXT = " ".join(f"line {i}: the quick brown fox jumps over the lazy dog." for i in range(60))
@@ -19,14 +19,6 @@ def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, tied: bool = T
     return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
-def char_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    chars = sorted(set(string.printable))
-    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
 
 
 def calib(n: int = 2, seq: int = 128) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Registry fixtures: a fresh registry file per test, and a tiny HF model (char tokenizer) for real CLI runs."""
 from __future__ import annotations
 
-import string
 
 import pytest
+from tiny_tokenizers import char_tokenizer as _char_tokenizer
 
 
 @pytest.fixture
@@ -25,14 +25,6 @@ def fake_model(tmp_path):
     return make
 
 
-def _char_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    chars = sorted(set(string.printable))
-    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
