@@ -57,20 +57,16 @@ class ServeProcess:
         return self.proc.pid
 
     def start(self, timeout: float = 300.0) -> "ServeProcess":
+        from sizewise.serve.server import wait_healthy
+
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sizewise serve exited with {self.proc.returncode} (see {self.log_path})")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError("sizewise serve did not come up")
+        try:
+            wait_healthy(self.proc, self.url, timeout=timeout, poll_s=0.3)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e} (see {self.log_path})") from None
+        return self
 
     def stop(self) -> int:
         """SIGTERM (drains), wait; returns the exit status."""

@@ -20,6 +20,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(proc, url: str, timeout: float = 120.0, poll_s: float = 0.2) -> None:
+    """Block until GET {url}/health answers 200: how tests and benchmarks know a `sizewise serve` subprocess
+    has loaded. RuntimeError if `proc` exits first (with its stderr when that is a pipe) or after `timeout`."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"sizewise serve exited with {proc.returncode} before it was healthy"
+                               + (f": {err[-2000:]}" if err else ""))
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:  # refused while starting, 503 while loading (HTTPError), a timeout
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sizewise serve did not come up within {timeout:.0f} s")
+        time.sleep(poll_s)
+
+
 def listen_socket(host: str, port: int, sndbuf: int | None = None) -> socket.socket:
     """A bound, listening TCP socket. sndbuf caps each accepted connection's kernel send buffer (Linux copies it from
     the listener): a client that stops reading then backs up into the engine's stream cap after ~sndbuf bytes,

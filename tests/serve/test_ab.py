@@ -263,10 +263,9 @@ def test_serve_ab_process_records_the_split_on_sigterm(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from sizewise.registry import Registry
-    from sizewise.serve.server import free_port
+    from sizewise.serve.server import free_port, wait_healthy
 
     tok = tiny.byte_tokenizer()
     for name, seed in (("a", 0), ("b", 1)):
@@ -281,16 +280,7 @@ def test_serve_ab_process_records_the_split_on_sigterm(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        wait_healthy(proc, url, timeout=120)
         seen = {_complete(url, model="a", user=f"u{i}").headers[HEADER] for i in range(12)}
         assert seen == {"a", "b"}
         proc.send_signal(signal.SIGTERM)

@@ -10,7 +10,7 @@ import time
 import httpx
 import torch
 
-from sizewise.serve.server import free_port
+from sizewise.serve.server import free_port, wait_healthy
 
 from . import tiny
 
@@ -30,16 +30,7 @@ def test_serve_process_drains_on_sigterm(tmp_path):
     proc = _cli("serve", str(tmp_path / "m"), "--port", str(port), "--kv-memory", "2MiB", "--block-size", "8")
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        wait_healthy(proc, url, timeout=90)
         got = {}
 
         def stream():
