@@ -67,13 +67,23 @@ def test_study_speed_is_interleaved_with_the_parent_and_judged(study):
     assert {"background", "loadavg1", "cpus"} <= set(il["load"])
     v = rows["int8-wo"]["ratios"]["speed_verdicts"]
     assert {v[k]["status"] for k in ("prefill", "1", "8")} <= {"ok", "same", "noisy", "busy"}
-    # 2 rounds: t(1 df) = 12.7, so no interval here is tight enough to print a bare ratio
-    assert all(v[k]["status"] in ("noisy", "busy") for k in ("prefill", "1", "8"))
+    # The verdict follows the documented rules from the interval and the load it was measured
+    # with (with 2 rounds, t(1 df) = 12.7: usually "noisy", "ok"/"same" only if the rounds agree
+    # to ~1.5 %, which a quiet CI machine sometimes manages).
+    busy = il["load"]["background"] is not None and il["load"]["background"] > 0.10
+    md = (out / "study.md").read_text()
+    assert "timed in turns with the fp32 parent" in md
+    for key, name in (("prefill", "prefill"), ("1", "decode_b1"), ("8", "decode_b8")):
+        rr = il["ratios"][name]
+        want = ("busy" if busy else "noisy" if rr["rel_half_width"] > 0.10
+                else "same" if rr["lo"] <= 1.0 <= rr["hi"] else "ok")
+        assert v[key]["status"] == want, (key, rr, il["load"])
+    if any(v[k]["status"] in ("noisy", "busy") for k in ("prefill", "1", "8")):
+        assert "timing not trustworthy" in md
+    if v["1"]["status"] != "ok":
+        assert f"| {rows['int8-wo']['ratios']['decode_speedup']['1']:.2f}x |" not in md  # no bare ratio printed
     assert rows["fp32"]["ratios"]["speed_verdicts"]["1"]["status"] == "reference"
     assert rows["fp32"]["speed"]["pooled"]["from"] == ["int8-wo"]  # the parent's runs beside int8-wo
-    md = (out / "study.md").read_text()
-    assert "timed in turns with the fp32 parent" in md and "timing not trustworthy" in md
-    assert f"| {rows['int8-wo']['ratios']['decode_speedup']['1']:.2f}x |" not in md  # no bare ratio printed
 
 
 def test_parse_recipes_lists_valid_names_and_adds_the_baseline():
