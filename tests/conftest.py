@@ -48,3 +48,8 @@ def tiny_model_dir(tmp_path_factory, bundled_model):
     LlamaForCausalLM(cfg).save_pretrained(d)
     bundled_model.tokenizer.save_pretrained(d)
     return d
+
+
+# Tests compare tokens across runs and engines: one fixed intra-op thread count for the whole suite
+# (the free-core governor, evaluate/threads.py, is tested on its own with this variable removed).
+os.environ.setdefault("SIZEWISE_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))

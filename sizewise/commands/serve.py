@@ -114,6 +114,7 @@ def bench_serve_command(model: str, requests: int, concurrency: list[int], max_t
 
         torch.set_num_threads(threads)
     cfg = _engine_config(kv_memory or "1GiB", max_batch, block_size, max(1024, 2 * requests), None)
+    cfg.threads = threads  # fixed by --threads; None: the engine follows the free cores
     lm = _load(model, dtype, recipe)
     name = _model_name(model)
     reqs = mixed_workload(lm.tokenizer, requests, max_tokens, seed=seed)

@@ -26,10 +26,13 @@ def cores() -> int:
 
 
 def set_threads() -> int:
-    """Protocol: torch threads = cores. Returns the number set."""
+    """Protocol: torch threads = the cores other processes leave free (all of them on a quiet
+    machine; evaluate/threads.py says why), or SIZEWISE_THREADS. Returns the number set."""
     import torch
 
-    n = cores()
+    from sizewise.evaluate.threads import free_core_threads
+
+    n = free_core_threads()
     torch.set_num_threads(n)
     return n
 

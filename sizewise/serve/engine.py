@@ -37,6 +37,7 @@ from typing import Callable, TypeVar
 
 import torch
 
+from sizewise.evaluate.threads import ThreadGovernor
 from sizewise.serve.kv_pool import KVPool
 from sizewise.serve.metrics import AlertRule, EngineMetrics
 from sizewise.serve.runner import ModelRunner, StepInput, kv_layout, max_context
@@ -75,6 +76,7 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's max_position_embeddings (capped by the pool)
     alert_rules: list[AlertRule] | None = None
     max_buffered_deltas: int | None = 512  # per request; a client this far behind is cancelled (None: no cap)
+    threads: int | None = None  # intra-op threads; None: the cores other processes leave free, re-checked every second
 
 
 @dataclass
@@ -247,6 +249,7 @@ class Engine:
         self.peak_fragmentation = 0.0
         self._frag_unused = self._frag_alloc = 0.0
         self.alerts: list = []
+        self.governor: ThreadGovernor | None = None
 
     def _eos_ids(self) -> set[int]:
         ids = set()
@@ -387,7 +390,11 @@ class Engine:
                     self._finish(req, reason)
 
     def _loop(self, threads: int, until: threading.Event | None = None) -> None:
-        torch.set_num_threads(threads)
+        # A core taken by another process stalls every parallel region of a full-width team (see
+        # evaluate/threads.py): the governor shrinks the team while the core is busy and grows it back.
+        self.governor = ThreadGovernor(fixed=self.config.threads, threads=self.config.threads or threads)
+        self.governor.apply()
+        self.metrics.threads.set(self.governor.threads)
         self._looping = True
         self._loop_done.clear()
         try:
@@ -400,6 +407,12 @@ class Engine:
         last_metrics = 0.0
         while not self._stop and not until.is_set():
             busy = False
+            changes = self.governor.changes
+            if self.governor.tick() and self.governor.changes != changes:
+                self.metrics.threads.set(self.governor.threads)
+                self.metrics.thread_changes.inc()
+                log.info("engine threads -> %d (other processes use %.1f cores)", self.governor.threads,
+                         self.governor.others or 0.0)
             try:
                 self._drain_inbox()
                 busy = bool(self.scheduler.running or self.scheduler.waiting)

@@ -143,10 +143,14 @@ class MetricFamilies:
         self.slow_consumers = mk(Counter, "sizewise_slow_consumer_cancellations", "Streams cancelled because their "
                                  "client stopped reading past the output buffer cap")
         self.api_errors = mk(Counter, "sizewise_api_errors", "Error responses by HTTP status and code", ["status", "code"])
+        self.threads = mk(Gauge, "sizewise_engine_threads", "Intra-op threads the engine computes with (the cores other "
+                          "processes leave free unless fixed by --threads / SIZEWISE_THREADS)")
+        self.thread_changes = mk(Counter, "sizewise_engine_thread_changes", "Times the engine resized its thread team "
+                                 "because other processes took or freed cores")
 
     NAMES = ("running", "waiting", "ttft", "itl", "e2e", "prompt_tokens", "gen_tokens", "requests", "preemptions",
              "tps", "kv_used", "kv_free", "kv_total", "kv_usage", "kv_frag", "kv_bytes", "rss", "alert_level",
-             "isolated_failures", "step_failures", "slow_consumers", "api_errors")
+             "isolated_failures", "step_failures", "slow_consumers", "api_errors", "threads", "thread_changes")
     MORE_LABELS = ("requests", "alert_level", "step_failures", "api_errors")  # the families with a label of their own after `variant`
 
 
