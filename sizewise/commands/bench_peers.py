@@ -84,9 +84,10 @@ def run_servers(servers: list[PeerSpec], ctx: PeerContext, levels: list[int], wo
         for spec in servers:
             try:
                 rows.append(bench_server(spec, ctx, levels, workload, mixed, timeout_s, say))
-            except PeerUnavailable as e:
-                skipped.append({"name": spec.name, "reason": str(e)})
-                say(f"peer {spec.name}: skipped ({e})")
+            except Exception as e:  # noqa: BLE001 - PeerUnavailable, or a peer's HTTP answers we could not read
+                why = str(e) if isinstance(e, PeerUnavailable) else f"failed: {e.__class__.__name__}: {str(e)[:200]}"
+                skipped.append({"name": spec.name, "reason": why})
+                say(f"peer {spec.name}: skipped ({why})")
     return rows, skipped
 
 

@@ -6,7 +6,9 @@ Here every server gets the same body: a text prompt, temperature 0, streaming wi
 `stream_options.include_usage`, and, for fixed-length work, both `ignore_eos` (sizewise, vLLM) and
 `min_tokens` = max_tokens (llama.cpp, vLLM); each server ignores the key it does not know. Completion
 tokens come from `usage` when the server sends it, else from the number of streamed text chunks
-(llama.cpp streams one chunk per token); `tokens_from` says which.
+(llama.cpp streams one chunk per token, and none for an end-of-text token, which sizewise's and vLLM's usage
+count); `tokens_from` says which. A request is ok when its stream finished (a finish_reason or [DONE]) and,
+for fixed-length work, produced exactly max_tokens.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def request_body(model: str, req: TextReq) -> dict:
 
 async def _one(client: httpx.AsyncClient, url: str, model: str, req: TextReq) -> tuple[Result, str]:
     """One streamed completion; returns the result and where its token count came from (usage | chunks)."""
-    res, chunks, usage, last = Result(False, "complete"), 0, None, None
+    res, chunks, usage, last, finished = Result(False, "complete"), 0, None, None, False
     t0 = time.perf_counter()
     try:
         async with client.stream("POST", url, json=request_body(model, req)) as r:
@@ -67,6 +69,7 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: TextReq) ->
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    finished = True
                     break
                 obj = json.loads(data)
                 if "error" in obj:
@@ -75,6 +78,8 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: TextReq) ->
                 if obj.get("usage"):
                     usage = obj["usage"].get("completion_tokens")
                 choices = obj.get("choices") or []
+                if choices and choices[0].get("finish_reason"):
+                    finished = True
                 if choices and choices[0].get("text"):
                     now = time.perf_counter()
                     if res.ttft_s is None:
@@ -87,9 +92,12 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: TextReq) ->
         res.error = f"{type(e).__name__}: {e}"
         return res, "none"
     res.tokens = usage if usage is not None else chunks
-    res.ok = res.tokens > 0 and (not req.exact or res.tokens == req.max_tokens)
-    if not res.ok:
-        res.error = f"got {res.tokens} tokens, wanted {req.max_tokens if req.exact else 'at least 1'}"
+    # a free-length request may stop at once (EOS first: llama.cpp streams no text for it, so 0 tokens here)
+    res.ok = finished and (not req.exact or res.tokens == req.max_tokens)
+    if not finished:
+        res.error = f"the stream ended without a finish_reason or [DONE] after {res.tokens} tokens"
+    elif not res.ok:
+        res.error = f"got {res.tokens} tokens, wanted {req.max_tokens}"
     return res, "usage" if usage is not None else "chunks"
 
 

@@ -24,7 +24,8 @@ from typing import Callable
 
 from sizewise.errors import SizewiseError
 
-DEFAULT_VLLM_PYTHON = Path(".venv-vllm/bin/python")
+DEFAULT_VLLM_PYTHON = Path(".venv-vllm/bin/python")  # `make .venv-vllm/.installed`
+DEFAULT_LLAMACPP_PYTHON = Path(".venv-llamacpp/bin/python")  # `make .venv-llamacpp/.installed`
 LLAMACPP_SERVER_MODULES = ("llama_cpp.server.app",)  # imports sse_starlette, starlette_context, pydantic_settings
 
 
@@ -84,7 +85,10 @@ def _vllm_python(ctx: PeerContext) -> str:
 
 
 def _llamacpp_python(ctx: PeerContext) -> str:
-    return ctx.llamacpp_python or sys.executable
+    """--llamacpp-python, else .venv-llamacpp if it exists, else this interpreter (llama-cpp-python is a sizewise extra)."""
+    if ctx.llamacpp_python:
+        return ctx.llamacpp_python
+    return str(DEFAULT_LLAMACPP_PYTHON) if DEFAULT_LLAMACPP_PYTHON.exists() else sys.executable
 
 
 def probe_vllm(ctx: PeerContext) -> str | None:
@@ -100,7 +104,7 @@ def probe_llamacpp(ctx: PeerContext) -> str | None:
     ok, msg = _python_check(py, "import " + ", ".join(LLAMACPP_SERVER_MODULES))
     if not ok:
         return (f"llama_cpp.server is not importable with {py} ({msg}): it needs "
-                "`pip install 'llama-cpp-python[server]'`, or pass --llamacpp-python")
+                "`pip install 'llama-cpp-python[server]'` (`make .venv-llamacpp/.installed`), or pass --llamacpp-python")
     return None
 
 
@@ -151,6 +155,9 @@ def _weights(fn: Callable[[PeerContext], Path], ctx: PeerContext) -> Path:
         return fn(ctx)
     except SizewiseError as e:
         raise PeerUnavailable(f"its weights could not be written: {e}") from None
+    except Exception as e:  # noqa: BLE001 - transformers/gguf raise many types; the other servers still run
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise PeerUnavailable(f"its weights could not be written ({e.__class__.__name__}: {first})") from None
 
 
 # --- launch commands ------------------------------------------------------------------------------
@@ -171,7 +178,7 @@ def launch_vllm(ctx: PeerContext, port: int) -> Launch:
     d = _weights(hf_weights, ctx)
     argv = [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(d), "--dtype", "bfloat16",
             "--host", "127.0.0.1", "--port", str(port), "--served-model-name", ctx.served_name,
-            "--max-model-len", str(ctx.max_model_len), "--seed", "0"]
+            "--max-model-len", str(ctx.max_model_len), "--seed", "0", "--disable-uvicorn-access-log"]
     env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"), "TOKENIZERS_PARALLELISM": "false"}
     return Launch(argv, env, weights=str(d), dtype="bf16", version=_version(py, ("vllm-cpu", "vllm")))
 

@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--usage", action="store_true")
     ap.add_argument("--exit-at-start", type=int, default=None)
     ap.add_argument("--child", action="store_true")
+    ap.add_argument("--no-done", action="store_true", help="end each stream without [DONE] (a broken stream)")
     ap.add_argument("--tag", default="", help="carried on the child's command line, for tests that look for it")
     ap.add_argument("--delay", type=float, default=0.002, help="seconds per streamed token")
     args = ap.parse_args()
@@ -60,7 +61,8 @@ def main() -> None:
             if args.usage:
                 u = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}}
                 self.wfile.write(f"data: {json.dumps(u)}\n\n".encode())
-            self.wfile.write(b"data: [DONE]\n\n")
+            if not args.no_done:
+                self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
             self.close_connection = True
 

@@ -147,3 +147,24 @@ def test_peer_process_reports_a_missing_executable(tmp_path):
     with pytest.raises(PeerUnavailable, match="could not start"):
         p.start(5)
     assert set(PEERS) == {"vllm", "llamacpp"}
+
+
+def test_a_peer_that_raises_while_launching_is_skipped_and_the_next_runs(tmp_path):
+    tag = f"peer-test-{uuid.uuid4().hex}"
+
+    def boom(ctx, port):
+        raise ValueError("The model is quantized with gguf and is not serializable")
+
+    rows, skipped = run_servers([PeerSpec("boom", lambda ctx: None, boom), _fake("a", tag)], _ctx(tmp_path), [1],
+                                "story", None, 30, lambda m: None)
+    assert [r["name"] for r in rows] == ["a"] and skipped[0]["name"] == "boom"
+    assert skipped[0]["reason"].startswith("failed: ValueError: The model is quantized")
+    assert _alive_with(tag) == []
+
+
+def test_a_stream_that_never_finishes_is_not_ok(tmp_path):
+    tag = f"peer-test-{uuid.uuid4().hex}"
+    rows, skipped = run_servers([_fake("cut", tag, "--no-done")], _ctx(tmp_path), [2], "story", None, 30, lambda m: None)
+    s = rows[0]["levels"][0]
+    assert skipped == [] and s["completed_ok"] == 0 and s["failed"] == s["requests"] == 8 and s["output_tokens"] == 0
+    assert "ended without a finish_reason or [DONE] after 64 tokens" in s["errors"][0]
