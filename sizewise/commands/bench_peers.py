@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import signal
 from pathlib import Path
 from typing import Callable, Iterator
@@ -59,13 +60,14 @@ def bench_server(spec: PeerSpec, ctx: PeerContext, levels: list[int], workload: 
     say(f"{spec.name}: starting ({launch.dtype}, {launch.weights})")
     proc = PeerProcess(spec.name, launch, port, ctx.workdir / f"{spec.name}.log")
     row = {"name": spec.name, "weights": launch.weights, "dtype": launch.dtype, "version": launch.version,
-           "command": launch.argv, "levels": []}
+           "command": launch.argv, "levels": [], "loadavg_1m_before": _loadavg()}
     with proc.start(timeout_s):
         row["startup_s"] = round(proc.startup_s or 0.0, 1)
         run_text_load(proc.url, ctx.served_name, WARMUP, 2)  # first-call costs stay out of the numbers
         for c in levels:
             reqs = workload_for(workload, c, mixed)
             s = run_text_load(proc.url, ctx.served_name, reqs, c)
+            s["loadavg_1m_after"] = _loadavg()
             row["levels"].append(s)
             say(f"{spec.name} c={c}: {s['tokens_per_s']:.1f} tok/s, {s['requests_per_s']:.2f} req/s, "
                 f"{s['completed_ok']}/{s['requests']} ok")
@@ -73,7 +75,16 @@ def bench_server(spec: PeerSpec, ctx: PeerContext, levels: list[int], workload: 
                 row["died"] = f"exited with status {proc.proc.returncode} during the load at concurrency {c}"
                 say(f"{spec.name}: {row['died']}; its remaining levels are not run")
                 break
+    row["loadavg_1m_after"] = _loadavg()  # includes this server's own load: > cores means others were running too
     return row
+
+
+def _loadavg() -> float | None:
+    """The 1-minute load average: how busy the (shared) machine was, to judge a row's noise."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def run_servers(servers: list[PeerSpec], ctx: PeerContext, levels: list[int], workload: str,
