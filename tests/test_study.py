@@ -130,3 +130,12 @@ def test_source_grid_of_the_bundled_gguf_is_q4_1_g32(bundled_path):
     assert grid["ggml_type"] == "Q4_1" and grid["group"] == 32 and grid["asym"] is True
     assert matches_source_grid(RECIPES["int4-g32"], grid)
     assert not matches_source_grid(RECIPES["int4-g64"], grid) and not matches_source_grid(RECIPES["int8-wo"], grid)
+
+
+def test_cli_study_ends_with_the_report_path(tiny_model_dir, tmp_path):
+    out = tmp_path / "st"
+    r = runner.invoke(app, ["study", str(tiny_model_dir), "--recipes", "fp32", "--tokens", "512", "--out", str(out),
+                            "--no-record"])
+    assert r.exit_code == 0, r.output
+    last = [ln for ln in r.output.splitlines() if ln.strip()][-1]
+    assert last.startswith("report: ") and last.endswith("report.html") and (out / "report.html").is_file()

@@ -42,6 +42,9 @@ def study_command(model: str, quick: bool = False, recipes: str | None = None, o
         from rich.markdown import Markdown
         Console().print(Markdown(markdown(study)))
         Console().print("wrote " + ", ".join(str(p) for p in paths))
+        page = next((p for p in paths if p.name == "report.html"), None)
+        if page is not None:  # the last line a `make demo` user sees: where to look
+            Console().print(f"report: {page.resolve()}", soft_wrap=True)
     if sparsity:  # the pruning grid (magnitude / Wanda / SparseGPT, one-shot vs progressive) beside it
         from sizewise.study_sparsity import StudyConfig, run_study as run_sparsity
         cfg = StudyConfig.quick(model) if quick else StudyConfig(model=model)
