@@ -19,7 +19,6 @@ benchmarks/results/under_load.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -84,17 +83,15 @@ def _summ(quiet: list[float], loaded: list[float]) -> dict:
             "retained_range": [min(ratios), max(ratios)]}
 
 
-def bench_decode(model: str, recipe: str | None, rounds: int, steps: int) -> tuple[dict, dict]:
+def bench_decode(lm, model: str, rounds: int, steps: int) -> tuple[dict, dict]:
     import torch
 
-    from sizewise.commands.serve import _load
     from sizewise.evaluate.data import eval_tokens
     from sizewise.evaluate.machine import cores
     from sizewise.evaluate.speed import decode_speed
     from sizewise.evaluate.threads import free_core_threads
 
     n = cores()
-    lm = _load(model, "fp32", recipe)
     toks = eval_tokens(lm.tokenizer, 256)
     lcpp = _llamacpp_decoder(n) if model == "bundled" else None
     rows = {"sizewise threads=cores (old)": ([], []), "sizewise free-core threads (default)": ([], [])}
@@ -128,13 +125,11 @@ def bench_decode(model: str, recipe: str | None, rounds: int, steps: int) -> tup
     return {k: _summ(q, l) for k, (q, l) in rows.items()}, chosen
 
 
-def bench_serve(model: str, recipe: str | None, rounds: int, requests: int, max_tokens: int) -> dict:
+def bench_serve(tok, model: str, recipe: str | None, rounds: int, requests: int, max_tokens: int) -> dict:
     from benchmarks.serve_harness import ServeProcess
     from sizewise.evaluate.machine import cores
-    from sizewise.io.model_load import load_model
     from sizewise.serve.loadgen import mixed_workload, run_load_subprocess, summarize
 
-    tok = load_model(model).tokenizer
     extra = ["--recipe", recipe] if recipe else []
     servers = {}
     old_env = os.environ.get("SIZEWISE_THREADS")
@@ -186,7 +181,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from sizewise.commands.serve import _load
     from sizewise.evaluate.machine import command_line, machine_info
+    from sizewise.io.atomic import atomic_write_json
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="bundled")
@@ -200,8 +197,12 @@ def main() -> None:
     a = ap.parse_args()
 
     print(f"decode at batch 1, {a.rounds} rounds (quiet/loaded interleaved)")
-    dec, chosen = bench_decode(a.model, a.recipe, a.rounds, a.steps)
-    srv = {} if a.no_serve else (print("serve at concurrency 1") or bench_serve(a.model, a.recipe, a.rounds, a.requests, a.max_tokens))
+    lm = _load(a.model, "fp32", a.recipe)  # timed here; its tokenizer builds the serve load
+    dec, chosen = bench_decode(lm, a.model, a.rounds, a.steps)
+    srv = {}
+    if not a.no_serve:
+        print("serve at concurrency 1")
+        srv = bench_serve(lm.tokenizer, a.model, a.recipe, a.rounds, a.requests, a.max_tokens)
     t = Table(title=f"quiet vs one competing single-threaded process ({a.model} {a.recipe})")
     for c in ("what", "quiet tok/s", "loaded tok/s", "retained", "per-round range"):
         t.add_column(c, justify="left" if c == "what" else "right")
@@ -216,9 +217,7 @@ def main() -> None:
            "decode_b1": dec, "decode_threads_chosen": chosen, "serve_c1": srv,
            "serve_workload": {"requests": a.requests, "max_tokens": a.max_tokens}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out + ".tmp"
-    Path(tmp).write_text(json.dumps(res, indent=2))
-    os.replace(tmp, a.out)
+    atomic_write_json(a.out, res)
     print(f"wrote {a.out}")
 
 

@@ -25,6 +25,26 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def proc_stat_busy() -> tuple[float, int] | None:
+    """(busy CPU seconds since boot, CPU count) from /proc/stat's aggregate line; None where unreadable.
+    Shared by the interleaved timing's load record and the free-core thread policy."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    agg = next((ln for ln in lines if ln.startswith("cpu ")), None)
+    if agg is None:
+        return None
+    v = [int(x) for x in agg.split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest is already inside user)
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    busy = sum(v[:8]) - idle
+    cpus = sum(1 for ln in lines if ln.startswith("cpu") and ln[3:4].isdigit())
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return busy / hz, max(cpus, 1)
+
+
 def set_threads() -> int:
     """Protocol: torch threads = the cores other processes leave free (all of them on a quiet
     machine; evaluate/threads.py says why), or SIZEWISE_THREADS. Returns the number set."""

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from sizewise.evaluate.machine import cores
+from sizewise.evaluate.machine import cores, proc_stat_busy
 
 # A core counts as taken when other processes use more than this much of it beyond the cores
 # already counted (and is given back when they drop this far below): 0.4 rather than 0.5 because
@@ -43,22 +43,22 @@ def env_threads() -> int | None:
 
 def _busy_and_own() -> tuple[float | None, float]:
     """(all CPUs' busy seconds since boot or None, this process's CPU seconds): two cheap reads."""
-    from sizewise.registry.timing import _read_proc_stat
-
-    st = _read_proc_stat()
+    st = proc_stat_busy()
     return (st[0] if st else None), time.process_time()
+
+
+def _others(before: tuple[float | None, float], after: tuple[float | None, float], dt: float) -> float | None:
+    """Cores' worth of CPU that processes other than this one used between two `_busy_and_own` readings."""
+    if before[0] is None or after[0] is None or dt <= 0:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / dt)
 
 
 def others_busy_cores(interval_s: float = SAMPLE_S) -> float | None:
     """Cores' worth of CPU other processes used over the next `interval_s` (None where unreadable)."""
-    b0, o0 = _busy_and_own()
-    t0 = time.monotonic()
+    before, t0 = _busy_and_own(), time.monotonic()
     time.sleep(interval_s)
-    b1, o1 = _busy_and_own()
-    dt = time.monotonic() - t0
-    if b0 is None or b1 is None or dt <= 0:
-        return None
-    return max(0.0, ((b1 - b0) - (o1 - o0)) / dt)
+    return _others(before, _busy_and_own(), time.monotonic() - t0)
 
 
 def taken_cores(others: float, previous: int, n_cores: int) -> int:
@@ -119,12 +119,10 @@ class ThreadGovernor:
         now = time.monotonic() if now is None else now
         if self._last is not None and now - self._last[0] < self.period_s:
             return self.threads
-        busy, own = _busy_and_own()
-        prev, self._last = self._last, (now, busy, own)
-        if prev is None or busy is None or prev[1] is None:
-            return self.threads
-        t0, b0, o0 = prev
-        return self.observe(max(0.0, ((busy - b0) - (own - o0)) / (now - t0)))
+        reading = _busy_and_own()
+        prev, self._last = self._last, (now, *reading)
+        others = None if prev is None else _others(prev[1:], reading, now - prev[0])
+        return self.threads if others is None else self.observe(others)
 
     def observe(self, others: float) -> int:
         """Feed one reading of other processes' busy cores; resize when the decision changes."""

@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol, Sequence
 
+from sizewise.evaluate.machine import proc_stat_busy
+
 # A ratio is trusted when its 95 % interval is within +-MAX_REL_HALF_WIDTH of the estimate and
 # other processes used at most MAX_BACKGROUND of the machine's CPU capacity during the run.
 MAX_REL_HALF_WIDTH = 0.10
@@ -64,25 +66,6 @@ class LoadSource(Protocol):
     def sample(self) -> LoadSample: ...
 
 
-def _read_proc_stat() -> tuple[float, int] | None:
-    """(busy CPU seconds since boot, CPU count) from /proc/stat's aggregate line."""
-    try:
-        with open("/proc/stat") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    agg = next((ln for ln in lines if ln.startswith("cpu ")), None)
-    if agg is None:
-        return None
-    v = [int(x) for x in agg.split()[1:]]
-    # user nice system idle iowait irq softirq steal (guest is already inside user)
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    busy = sum(v[:8]) - idle
-    cpus = sum(1 for ln in lines if ln.startswith("cpu") and ln[3:4].isdigit())
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return busy / hz, max(cpus, 1)
-
-
 def _read_freq_mhz() -> float | None:
     """Mean current CPU frequency (cpufreq sysfs, else /proc/cpuinfo), None where unreadable."""
     vals = []
@@ -109,7 +92,7 @@ class SystemLoad:
     the 1-minute load average and the CPU frequency."""
 
     def sample(self) -> LoadSample:
-        st = _read_proc_stat()
+        st = proc_stat_busy()
         if st is None:
             try:
                 import psutil

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
+from typing import Awaitable, Callable, TypeVar
 from dataclasses import dataclass, field
 
 import httpx
 
 from sizewise.errors import SizewiseError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -115,29 +119,37 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: Req) -> Res
     return res
 
 
-async def _run(base_url: str, model: str, reqs: list[Req], concurrency: int, duration_s: float) -> tuple[list[Result], float]:
+async def drive(base_url: str, reqs: list, concurrency: int, one: Callable[[httpx.AsyncClient, str, object], Awaitable[T]],
+                duration_s: float = math.inf, timeout_s: float = 600.0) -> tuple[list[T], float]:
+    """`concurrency` workers take requests off one queue and await `one(client, url, req)` each, until the queue is
+    empty or duration_s passes; returns the results and the wall seconds. Both load generators (token-id prompts
+    here, text prompts for the peers in openai_load.py) drive their servers through this."""
     if not base_url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
         raise SizewiseError(f"bench-serve only loads localhost servers (got {base_url})")
     url = base_url + "/v1/completions"
     queue: asyncio.Queue = asyncio.Queue()
     for r in reqs:
         queue.put_nowait(r)
-    results: list[Result] = []
+    results: list[T] = []
     deadline = time.perf_counter() + duration_s
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits) as client:
         async def worker():
             while time.perf_counter() < deadline:
                 try:
                     r = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                results.append(await _one(client, url, model, r))
+                results.append(await one(client, url, r))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     return results, wall
+
+
+async def _run(base_url: str, model: str, reqs: list[Req], concurrency: int, duration_s: float) -> tuple[list[Result], float]:
+    return await drive(base_url, reqs, concurrency, lambda client, url, r: _one(client, url, model, r), duration_s)
 
 
 def run_load(base_url: str, model: str, reqs: list[Req], concurrency: int, duration_s: float = 3600.0) -> tuple[list[Result], float]:

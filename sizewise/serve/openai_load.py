@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from sizewise.errors import SizewiseError
-from sizewise.serve.loadgen import Result, mixed_workload, percentile
+from sizewise.serve.loadgen import Result, drive, mixed_workload, percentile
 
 WORKLOADS = ("mixed", "story")
 STORY_MAX_TOKENS = 64
@@ -102,27 +101,7 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: TextReq) ->
 
 
 async def _run(base_url: str, model: str, reqs: list[TextReq], concurrency: int, timeout_s: float):
-    if not base_url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
-        raise SizewiseError(f"bench-serve only loads localhost servers (got {base_url})")
-    url = base_url + "/v1/completions"
-    queue: asyncio.Queue = asyncio.Queue()
-    for r in reqs:
-        queue.put_nowait(r)
-    out: list[tuple[Result, str]] = []
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits) as client:
-        async def worker() -> None:
-            while True:
-                try:
-                    r = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                out.append(await _one(client, url, model, r))
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return out, wall
+    return await drive(base_url, reqs, concurrency, lambda client, url, r: _one(client, url, model, r), timeout_s=timeout_s)
 
 
 def run_text_load(base_url: str, model: str, reqs: list[TextReq], concurrency: int,
