@@ -408,7 +408,8 @@ class Engine:
         while not self._stop and not until.is_set():
             busy = False
             changes = self.governor.changes
-            if self.governor.tick() and self.governor.changes != changes:
+            self.governor.tick()
+            if self.governor.changes != changes:
                 self.metrics.threads.set(self.governor.threads)
                 self.metrics.thread_changes.inc()
                 log.info("engine threads -> %d (other processes use %.1f cores)", self.governor.threads,
