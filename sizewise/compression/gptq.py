@@ -94,10 +94,12 @@ def _gptq_columns(W: torch.Tensor, Hinv: torch.Tensor, block: int,
 
 
 def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, group_size: int, act_order: bool = False,
-                         damp: float = 0.01, block_size: int = 128, zero: str = "int", grid: str = "minmax"
+                         damp: float = 0.01, block_size: int = 128, zero: str = "int", grid: str = "minmax",
+                         fixed: tuple[torch.Tensor, torch.Tensor] | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w [N, K], H [K, K] -> (q int32 [N, K] in [0,15], scale [N, K/g], zero [N, K/g]): RTN's layout for
-    the same `zero` convention (int32 zero points, or bf16 float zeros: w = (q - 8) * scale + zero)."""
+    the same `zero` convention (int32 zero points, or bf16 float zeros: w = (q - 8) * scale + zero).
+    fixed: every group's (scale, zero) chosen beforehand (e.g. a coded grid); GPTQ then only rounds."""
     n, k = w.shape
     if k % group_size:
         raise ValueError(f"group size {group_size} does not divide input dim {k}")
@@ -105,7 +107,9 @@ def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, group_size: int, act_
     diag = torch.diag(H).float()
     scale = torch.zeros(n, G, dtype=Q.SCALE_DTYPE)
     zeros = torch.zeros(n, G, dtype=torch.int32 if zero == "int" else Q.SCALE_DTYPE)
-    if act_order:  # static groups from the original weights, so groups stay contiguous in storage
+    if fixed is not None:
+        scale, zeros = fixed[0].to(Q.SCALE_DTYPE), fixed[1].to(zeros.dtype)
+    elif act_order:  # static groups from the original weights, so groups stay contiguous in storage
         w0 = w.detach().float().clone()
         w0[:, diag == 0] = 0.0
         scale, zeros = Q.int4_grid(w0, group_size, zero, grid, diag)  # "act-mse": columns weighed by diag(H)
@@ -114,7 +118,7 @@ def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, group_size: int, act_
 
     def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
         g = int(perm[col]) // group_size
-        if not act_order and col % group_size == 0:  # group params from the *updated* weights
+        if fixed is None and not act_order and col % group_size == 0:  # group params from the *updated* weights
             s, z = Q.int4_grid(W1[:, i:i + group_size], group_size, zero, grid, diag[col:col + group_size])
             scale[:, g], zeros[:, g] = s[:, 0], z[:, 0]
         s, z = scale[:, g].float(), zeros[:, g].float()

@@ -442,6 +442,54 @@ class Int4FloatZeroLinear(Int4WeightOnlyLinear):
         return Q.dequantize_int4_float(self.int_weight(), self.weight_scale, self.weight_zero, self.group_size)
 
 
+class Int4SuperBlockLinear(Int4FloatZeroLinear):
+    """int4 group-wise weights whose per-group scale and zero are stored as 6-bit codes against three fp16
+    numbers per row super-block (scale = a * cs, zero = b + e * cz; llama.cpp's Q4_K idea, with super-blocks
+    that divide the row, since 576 is no multiple of Q4_K's 256): a g32 grid in 4.46-4.47 bits per weight
+    instead of 5. The codes are expanded once to the bf16 (scale, zero) the int4 kernel consumes, so it runs
+    exactly what `dequantized_weight` says, at g32 speed. Checkpoint tensors: weight_packed (as
+    compressed-tensors), weight_scale_codes and weight_zero_codes (6-bit, four in three bytes),
+    weight_superblock (fp16 [N, n_super, 3]), weight_shape. Scheme int4-gG-s6."""
+
+    weight_keys = ("weight_packed", "weight_scale_codes", "weight_zero_codes", "weight_superblock", "weight_shape")
+
+    def __init__(self, q: torch.Tensor, cs: torch.Tensor, cz: torch.Tensor, sup: torch.Tensor, group_size: int,
+                 bias: torch.Tensor | None) -> None:
+        scale, zero = Q.sb_expand(cs, cz, sup)
+        super().__init__(q, scale, zero, group_size, bias)
+        self.register_buffer("weight_scale_codes", cs.to(torch.uint8).contiguous())  # [N, G] in [0, 63]
+        self.register_buffer("weight_zero_codes", cz.to(torch.uint8).contiguous())
+        self.register_buffer("weight_superblock", sup.to(torch.float16).contiguous())  # [N, n_super, 3]
+
+    @property
+    def scheme(self) -> str:  # type: ignore[override]
+        return f"int4-g{self.group_size}-s6"
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = 32, importance: torch.Tensor | None = None,
+                   **options: Any) -> "Int4SuperBlockLinear":
+        q, cs, cz, sup = Q.fit_int4_sb(linear.weight.detach(), group_size, importance)
+        return cls(q, cs, cz, sup, group_size, linear.bias)
+
+    def packed_tensors(self) -> dict[str, torch.Tensor]:
+        n, k = self.out_features, self.in_features
+        return {"weight_packed": Q.pack_int4_to_int32(self.int_weight()),
+                # flattened, so a row of 18 groups packs into 13.5 bytes, not 15 (padding only at the end)
+                "weight_scale_codes": Q.pack_6bit(self.weight_scale_codes.reshape(1, -1)),
+                "weight_zero_codes": Q.pack_6bit(self.weight_zero_codes.reshape(1, -1)),
+                "weight_superblock": self.weight_superblock,
+                "weight_shape": torch.tensor([n, k], dtype=torch.int64)}
+
+    @classmethod
+    def from_packed(cls, tensors, meta, bias):
+        n, k = (int(v) for v in tensors["weight_shape"].tolist())
+        g = int(meta["group_size"])
+        q = Q.unpack_int32_to_int4(tensors["weight_packed"], k)
+        cs = Q.unpack_6bit(tensors["weight_scale_codes"], n * (k // g)).reshape(n, k // g)
+        cz = Q.unpack_6bit(tensors["weight_zero_codes"], n * (k // g)).reshape(n, k // g)
+        return cls(q, cs, cz, tensors["weight_superblock"], g, bias)
+
+
 def int4_float_zero_tensors(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> dict[str, torch.Tensor]:
     n, k = q.shape
     return {"weight_packed": Q.pack_int4_to_int32(q), "weight_scale": scale.to(Q.SCALE_DTYPE).contiguous(),
@@ -474,3 +522,4 @@ register_scheme("int8-static", Int8StaticLinear)
 for _g in (32, 64, 128, 256):
     register_scheme(f"int4-g{_g}-asym", Int4WeightOnlyLinear)
     register_scheme(f"int4-g{_g}-fz", Int4FloatZeroLinear)
+    register_scheme(f"int4-g{_g}-s6", Int4SuperBlockLinear)

@@ -111,6 +111,9 @@ class Int4WeightOnlyConfig(BaseConfig):
     # the token table (input embedding + tied lm_head): "bf16" as the policy says, or "int8" rows with a
     # bf16 scale per row (compression/token_table.py)
     embed: str = "bf16"
+    # bits of each group's stored scale and zero: 16 (bf16 each) or 6 (6-bit codes against three fp16
+    # numbers per row super-block, quant.fit_int4_sb: a g32 grid at 4.46 bits per weight instead of 5)
+    scale_bits: int = 16
     kind: str = field(default="int4", init=False)
 
     @property
@@ -141,6 +144,10 @@ RECIPES: dict[str, BaseConfig] = {
     "int4-imatrix-g64": Int4WeightOnlyConfig(group_size=64, grid="act-mse"),
     "int4-imatrix-g128": Int4WeightOnlyConfig(group_size=128, grid="act-mse"),
     "int4-g64-emb8": Int4WeightOnlyConfig(group_size=64, embed="int8"),
+    "int4-g32-s6": Int4WeightOnlyConfig(group_size=32, scale_bits=6, fallback_group_sizes=()),
+    "int4-imatrix-g32-s6": Int4WeightOnlyConfig(group_size=32, scale_bits=6, grid="act-mse", fallback_group_sizes=()),
+    "int4-gptq-g32-s6": Int4WeightOnlyConfig(group_size=32, scale_bits=6, method="gptq", grid="act-mse",
+                                             fallback_group_sizes=()),
     "int4-gptq-g64-emb8": Int4WeightOnlyConfig(group_size=64, method="gptq", grid="act-mse", embed="int8"),
     "int4-ct-g32": Int4WeightOnlyConfig(group_size=32, zero="int", grid="minmax"),
     "int4-ct-g64": Int4WeightOnlyConfig(group_size=64, zero="int", grid="minmax"),
@@ -239,6 +246,11 @@ def validate(cfg: BaseConfig, where: str = "recipe") -> None:
         if cfg.zero == "int" and cfg.grid != "minmax":
             raise SizewiseError(f"{where}: an integer zero point (zero: int) takes grid 'minmax' only, "
                                 f"got {cfg.grid!r}: use zero 'float' for a fitted grid")
+        if cfg.scale_bits not in (16, 6):
+            raise SizewiseError(f"{where}: scale_bits must be 16 (bf16 scale and zero) or 6 (6-bit codes in "
+                                f"row super-blocks), got {cfg.scale_bits}")
+        if cfg.scale_bits == 6 and cfg.zero != "float":
+            raise SizewiseError(f"{where}: scale_bits 6 codes a float zero per group: set zero 'float'")
         if cfg.group_size <= 0 or cfg.group_size % 8:
             raise SizewiseError(f"{where}: group_size must be a positive multiple of 8, got {cfg.group_size}")
         if not 0 < cfg.damp < 1:

@@ -123,3 +123,25 @@ def leading_agreement(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def divergence(model, prompt: list[int], ref: list[int], other: list[int]) -> dict | None:
+    """Where two greedy continuations part, how close the reference model was to a tie there.
+
+    At the first step k where `ref` and `other` differ, the reference model (the full sequence re-run,
+    no cache) scores prompt + ref[:k]; `margin` is its logit for ref[k] minus its logit for other[k]
+    (>= 0: ref[k] was its argmax) and `margin_rel` that margin over the logits' spread (max - median).
+    A margin below the two engines' measured logit difference means the split is a near-tie that
+    either engine's rounding can flip, not a mapping error. None when the continuations agree."""
+    import torch
+
+    k = leading_agreement(ref, other)
+    if k >= min(len(ref), len(other)):
+        return None
+    with torch.inference_mode():
+        lg = model(input_ids=torch.tensor([list(prompt) + list(ref[:k])]), use_cache=False).logits[0, -1].float()
+    margin = float(lg[ref[k]] - lg[other[k]])
+    spread = float(lg.max() - lg.median())
+    return {"step": k, "ref_token": int(ref[k]), "other_token": int(other[k]), "margin": margin,
+            "margin_rel": margin / spread if spread > 0 else None,
+            "other_rank": int((lg > lg[other[k]]).sum())}

@@ -94,6 +94,12 @@ class StorageFormat:
             # zero points packed 8 per int32 along the output dim (compressed-tensors layout)
             zeros = ceil(rows / 8) * 4 * groups if self.zero_bytes == 0.5 else int(rows * groups * self.zero_bytes)
             return payload + rows * groups * self.scale_bytes + zeros
+        if self.family == "int-group-s6":
+            # packed nibbles + 6-bit scale and zero codes per group (four in three bytes, over the whole
+            # tensor) + three fp16 per row super-block (sizewise.compression.packed.Int4SuperBlockLinear)
+            groups = ceil(cols / self.group)
+            codes = 2 * ceil(rows * groups / 4) * 3
+            return rows * groups * self.group // 2 + codes + rows * (groups // superblock_groups(groups)) * 3 * 2
         if self.family == "nf4":
             # bitsandbytes flattens the tensor: 64-element blocks over numel, last block padded.
             blocks = ceil(numel / 64)
@@ -104,6 +110,16 @@ class StorageFormat:
             # absmax -> uint8, one fp32 absmax per 256 absmax values, fp32 offset, 256-entry code table
             return packed + blocks + ceil(blocks / 256) * 4 + 4 + 256 * 4 + quant_map
         raise AssertionError(self.family)
+
+
+def superblock_groups(n_groups: int) -> int:
+    """Groups per super-block of an int4-gG-s6 row of `n_groups` groups: the smallest divisor of n_groups in
+    [16, 32] (>= 16 keeps the three fp16 numbers at or under 3/32 bit per weight), else the whole row.
+    Q4_K fixes 8 groups of 32 (256), which a 576-wide row does not hold; these always divide the row."""
+    for s in range(16, 33):
+        if n_groups % s == 0:
+            return s
+    return n_groups
 
 
 def _fmt(name, family, desc, bits, **kw) -> StorageFormat:
@@ -136,6 +152,10 @@ FORMATS: dict[str, StorageFormat] = {f.name: f for f in (
     _fmt("int8", "int-row", "int8 per output channel + one fp16 scale per row", 8, scale_bytes=2,
          notes=("scale dtype fp16 (2 B/row); an fp32 scale adds 2 B/row, <0.1% for rows of 4096",)),
     *(_int4_fmt(g, ct) for ct in (False, True) for g in (32, 64, 128)),
+    _fmt("int4-g32-s6", "int-group-s6", "int4 asymmetric, groups of 32, each group's scale and zero as 6-bit "
+         "codes against 3 fp16 per row super-block (about 4.46 bpw)", 4, group=32,
+         notes=("`sizewise compress --recipe int4-g32-s6` writes it; loaded into the int4 kernel's bf16 "
+                "(scale, zero) per group of 32",)),
     _fmt("nf4", "nf4", "bitsandbytes NF4: 4 bit + one fp32 absmax per 64-element block", 4,
          notes=("blocks run over the flattened tensor; the last one is padded",)),
     _fmt("nf4-dq", "nf4", "bitsandbytes NF4 with double quantization (8-bit absmax)", 4, double_quant=True,
