@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPES = ["int8-wo", "int4-g64", "int4-gptq-g64"]
+RECIPES = ["int8-wo", "int4-g64", "int4-gptq-g64", "int4-g32-s6"]
 PROMPTS = ["The Python language reference describes", "A list comprehension is", "def fibonacci(n):\n"]
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     import sizewise
     from sizewise.evaluate import data, machine, metrics
     from sizewise.export import gguf as G
-    from sizewise.export.common import greedy_reference, leading_agreement
+    from sizewise.export.common import divergence, greedy_reference, leading_agreement
     from sizewise.export import llamacpp as L
     from sizewise.io.bundled import bundled_gguf_path
     from sizewise.io.model_load import load_model
@@ -123,12 +123,14 @@ def main() -> None:
         rows.setdefault(k, {"file": str(files[k]), "bytes": files[k].stat().st_size})["quality"] = q
     # greedy agreement
     for k in ckpts:
-        agree = []
+        agree, parts = [], []
         for p in PROMPTS:
             ids = tok(p, add_special_tokens=False)["input_ids"]
             a, b = greedy_reference(ckpts[k], ids, 16), L.greedy(llms[k], ids, 16)
             agree.append(leading_agreement(a, b))
+            parts.append(divergence(ckpts[k], ids, a, b))  # where they part: sizewise's logit margin there
         rows[k]["greedy_leading_agree"] = agree
+        rows[k]["greedy_divergence"] = parts
     del ckpts
     # speed: interleaved, repeated
     prefill_ids, prompt_ids, steps = toks[:512], toks[:64], 32

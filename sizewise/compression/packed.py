@@ -472,13 +472,8 @@ class Int4SuperBlockLinear(Int4FloatZeroLinear):
         return cls(q, cs, cz, sup, group_size, linear.bias)
 
     def packed_tensors(self) -> dict[str, torch.Tensor]:
-        n, k = self.out_features, self.in_features
-        return {"weight_packed": Q.pack_int4_to_int32(self.int_weight()),
-                # flattened, so a row of 18 groups packs into 13.5 bytes, not 15 (padding only at the end)
-                "weight_scale_codes": Q.pack_6bit(self.weight_scale_codes.reshape(1, -1)),
-                "weight_zero_codes": Q.pack_6bit(self.weight_zero_codes.reshape(1, -1)),
-                "weight_superblock": self.weight_superblock,
-                "weight_shape": torch.tensor([n, k], dtype=torch.int64)}
+        return int4_s6_tensors(self.int_weight(), self.weight_scale_codes, self.weight_zero_codes,
+                               self.weight_superblock)
 
     @classmethod
     def from_packed(cls, tensors, meta, bias):
@@ -488,6 +483,17 @@ class Int4SuperBlockLinear(Int4FloatZeroLinear):
         cs = Q.unpack_6bit(tensors["weight_scale_codes"], n * (k // g)).reshape(n, k // g)
         cz = Q.unpack_6bit(tensors["weight_zero_codes"], n * (k // g)).reshape(n, k // g)
         return cls(q, cs, cz, tensors["weight_superblock"], g, bias)
+
+
+def int4_s6_tensors(q: torch.Tensor, cs: torch.Tensor, cz: torch.Tensor, sup: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Checkpoint tensors of Int4SuperBlockLinear (the in-memory and the streaming writer share them)."""
+    n, k = q.shape
+    return {"weight_packed": Q.pack_int4_to_int32(q),
+            # flattened, so a row of 18 groups packs into 13.5 bytes, not 15 (padding only at the end)
+            "weight_scale_codes": Q.pack_6bit(cs.reshape(1, -1)),
+            "weight_zero_codes": Q.pack_6bit(cz.reshape(1, -1)),
+            "weight_superblock": sup.to(torch.float16).contiguous(),
+            "weight_shape": torch.tensor([n, k], dtype=torch.int64)}
 
 
 def int4_float_zero_tensors(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> dict[str, torch.Tensor]:

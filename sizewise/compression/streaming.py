@@ -84,6 +84,9 @@ def read_tensor(h) -> torch.Tensor:
 
 def _int4_chunked(w: torch.Tensor, g: int, config: Int4WeightOnlyConfig) -> dict[str, torch.Tensor]:
     """Row-chunked int4 RTN: the same numbers as quantize_int4 on the whole matrix (rows are independent)."""
+    if config.scale_bits == 6:  # coded grids: super-blocks lie within rows, so chunks are independent too
+        chunks = [Q.fit_int4_sb(w[r:r + ROW_CHUNK], g) for r in range(0, w.shape[0], ROW_CHUNK)]
+        return P.int4_s6_tensors(*(torch.cat([c[i] for c in chunks]) for i in range(4)))
     parts: dict[str, list[torch.Tensor]] = {}
     for r in range(0, w.shape[0], ROW_CHUNK):
         q, s, z = Q.quantize_int4(w[r:r + ROW_CHUNK], g, config.zero, config.grid)
@@ -271,7 +274,7 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
                         fallbacks[mod] = {"requested": config.group_size, "used": g,
                                           "reason": f"input dim {k} is not a multiple of {config.group_size}"}
                     parts = _int4_chunked(t, g, config)
-                    scheme = f"int4-g{g}-{'asym' if config.zero == 'int' else 'fz'}"
+                    scheme = f"int4-g{g}-{'s6' if config.scale_bits == 6 else 'asym' if config.zero == 'int' else 'fz'}"
                     meta = {"in_features": k, "out_features": n, "group_size": g}
                     kernel = "aten._weight_int4pack_mm_for_cpu(bf16)"
                 else:

@@ -53,7 +53,7 @@ from sizewise.export import common
 TYPES = ("fp32", "fp16", "bf16")
 _TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _INT4_ASYM = re.compile(r"^int4-g(\d+)-asym$")
-_INT4_FZ = re.compile(r"^int4-g(\d+)-fz$")
+_INT4_FZ = re.compile(r"^int4-g(\d+)-(fz|s6)$")  # float zero per group (-s6: 6-bit coded scale and zero)
 EXACT = {"int8-dyn": "W8A8 int8 (channel weights, dynamic per-token activations, int-quantized)",
          "int8-static": "W8A8 int8 (channel weights, static per-tensor activations, int-quantized)"}
 # vLLM fuses these into one layer (QKVParallelLinear, MergedColumnParallelLinear): one scheme for all

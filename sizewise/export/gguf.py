@@ -387,14 +387,14 @@ def plan_model(model, config, type_: str | None, allow_requantize: bool) -> Plan
                 if cls is P.Int8DynamicLinear:
                     plan.notes.append(f"{name}: int8-dyn weights carried exactly as Q8_0; llama.cpp quantizes "
                                       "activations per block of 32, not per token")
-        elif cls in (P.Int4WeightOnlyLinear, P.Int4FloatZeroLinear):
+        elif isinstance(m, P.Int4WeightOnlyLinear):  # integer zero, float zero, and 6-bit coded (-s6) grids
             g = m.group_size
             if g % QK:
                 requant(hf, m.dequantized_weight(), scheme, f"group size {g} is not a multiple of 32")
             else:
                 q = m.int_weight().numpy()
                 s = m.weight_scale.double().numpy()
-                if cls is P.Int4FloatZeroLinear:
+                if isinstance(m, P.Int4FloatZeroLinear):  # -s6 too: its codes expanded to bf16 (scale, zero)
                     mn = m.weight_zero.double().numpy() - 8.0 * s
                 else:
                     mn = -m.weight_zero_point.double().numpy() * s

@@ -64,7 +64,7 @@ def tiny_ckpts(tiny_model_dir, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tiny-ckpts")
     out = {}
-    for r in ("int4-g64", "int4-ct-g32", "int8-wo", "int8-static"):
+    for r in ("int4-g64", "int4-ct-g32", "int4-g32-s6", "int8-wo", "int8-static"):
         lm = load_model(str(tiny_model_dir))
         calib = torch.randint(0, 1000, (2, 32)) if r == "int8-static" else None
         m = sizewise.compress(lm.model, r, calib_tokens=calib)
@@ -73,7 +73,8 @@ def tiny_ckpts(tiny_model_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("recipe,ggml", [("int4-g64", "Q4_1"), ("int4-ct-g32", "Q4_1"), ("int8-wo", "Q8_0")])
+@pytest.mark.parametrize("recipe,ggml", [("int4-g64", "Q4_1"), ("int4-ct-g32", "Q4_1"), ("int4-g32-s6", "Q4_1"),
+                                         ("int8-wo", "Q8_0")])
 def test_packed_tensors_carry_over_exactly(tiny_ckpts, tmp_path, recipe, ggml):
     from sizewise.io.model_load import load_model
 
