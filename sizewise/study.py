@@ -9,6 +9,7 @@ quoted claims) and PNG plots with the Pareto front marked.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import shutil
 import time
@@ -19,7 +20,7 @@ from typing import Callable
 from sizewise.errors import SizewiseError
 
 DEFAULT_RECIPES = ["fp32", "bf16", "fp16", "torch-dynamic", "int8-wo", "int8-dyn", "int8-static",
-                   "int4-g64", "int4-g128", "int4-gptq-g64", "int4-gptq-g128"]
+                   "int4-g64", "int4-g128", "int4-gptq-g64", "int4-gptq-g128", "int4-g32-s6"]
 QUICK_RECIPES = ["fp32", "bf16", "int8-wo", "int8-dyn", "int4-g64"]
 
 # The table everyone quotes (no source, no model, no machine), shown beside the measured one.
@@ -212,6 +213,8 @@ def expected_bytes(model, recipe: str, config, fallbacks: dict | None = None) ->
     int4 = "int4-ct-g" if getattr(config, "zero", "") == "int" else "int4-g"
     if fmt is None and getattr(config, "kind", "") == "int4":
         fmt = f"{int4}{config.group_size}"
+        if getattr(config, "scale_bits", 16) == 6:
+            fmt = f"int4-g{config.group_size}-s6"  # formats.py prices g32 only; others: None below
     if fmt is None:
         return None
     try:
@@ -286,6 +289,8 @@ def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp
                 else sum(speed.dir_bytes(p) for p in out.glob("*.safetensors"))
             row["bytes_on_disk"] = row["bytes"]  # docs/vocabulary.md; `bytes` stays for one release
             row["dir_bytes"] = speed.dir_bytes(out)
+            from sizewise.study_peers import sizewise_decoder_bits
+            row["decoder_bits_per_weight"] = sizewise_decoder_bits(json.loads((out / "sizewise.json").read_text()))
             del model
             (model, _tok, _man), row["load_s"] = speed.timed_load(lambda: load_compressed(out))
             set_activation_dtype(model, act)
@@ -320,7 +325,8 @@ def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp
 
 def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = False,
               settings: StudySettings | None = None, text_files: list[str] | None = None,
-              keep_dir: Path | None = None, progress: bool = True, console=None) -> dict:
+              keep_dir: Path | None = None, progress: bool = True, console=None,
+              peer_types: tuple[str, ...] | None = None) -> dict:
     """Run the grid; returns the study dict (what study.json holds). See module doc."""
     import torch
 
@@ -330,7 +336,7 @@ def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = F
 
     recipes = recipes or parse_recipes(None, quick)
     s = settings or (QUICK_SETTINGS if quick else StudySettings())
-    machine.set_threads()
+    threads = machine.set_threads()
     t_start = time.perf_counter()
     text = data.corpus_text(text_files) if text_files else None
     need = max(s.eval_tokens, s.prefill_tokens, max(s.batches) * s.decode_prompt)
@@ -375,8 +381,16 @@ def run_study(model_spec: str, recipes: list[str] | None = None, quick: bool = F
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         _pool_reference_speed(rows, parent, tokens, s)
+        peer_rows, peer_notes = [], []
+        if peer_types:  # llama.cpp's quantizer on the same parent, scored on the same windows (study_peers.py)
+            from sizewise.study_peers import llamacpp_rows
+            prog.update(top, description="study: llama.cpp peers")
+            peer_rows, peer_notes = llamacpp_rows(lm.source, lm.kind, ref, tokens, threads, peer_types,
+                                                  s.prefill_tokens, s.decode_steps, s.decode_prompt,
+                                                  phase=lambda p, d, t: phase(p, d, t, "peers"))
     _add_ratios(rows)
-    return {
+    extra = {"peers": peer_rows, "peer_notes": peer_notes} if peer_types else {}
+    return {**extra,
         "model": model_spec, "source": str(lm.source), "source_kind": lm.kind,
         "parent": {"description": _parent_description(lm, grid), "params": {"total": sum(p.numel() for p in parent.parameters())},
                    "load_s": load_s, "quality": ref.quality.to_dict(), "source_grid": grid},
@@ -545,6 +559,8 @@ def markdown(study: dict) -> str:
         label = f"{c['precision']} ({c['recipe']})" if c["recipe"] else f"{c['precision']} (not in this run)"
         lines.append(f"| {label} | {c['claimed_compression']} | {c['measured_compression']} | {c['claimed_speed']} | "
                      f"{c['measured_speed']} | {c['claimed_quality_loss']} | {c['measured_quality_loss']} |")
+    if study.get("peers") is not None:
+        lines += ["", *peer_markdown(study)]
     notes = [f"- {r['recipe']}: {n}" for r in rows for n in r.get("notes", [])]
     size_chk = [f"- {r['recipe']}: {r['bytes']:,} B on disk vs {r['expected_bytes']:,} B from size_in_format "
                 f"({r['size_vs_formula_pct']:+.2f} %)" for r in rows if r.get("size_vs_formula_pct") is not None]
@@ -554,6 +570,33 @@ def markdown(study: dict) -> str:
         lines += ["", "## Notes", "", *notes]
     lines += ["", f"Command: `{study['command']}`; wall time {study['wall_s']:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def peer_markdown(study: dict) -> list[str]:
+    """Quality at the bits actually stored: sizewise's rows and llama.cpp's quantizer on the same parent,
+    bits per weight over the decoder Linears as each file stores them, KLD against the same fp32 parent
+    on the same windows (study_peers.py)."""
+    p = study["parent"]["quality"]["ppl"]
+    out = ["## Quality at the bits stored: sizewise and llama.cpp's quantizer on the same parent", "",
+           *[f"{n}" for n in study.get("peer_notes", [])], "",
+           "| row | decoder bits/weight (as stored) | size | ppl | Δppl % | KLD | top-1 % | decode b1 tok/s | prefill tok/s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    items = []
+    for r in study["recipes"]:
+        sp = r.get("speed") or {}
+        items.append((r.get("decoder_bits_per_weight"), f"sizewise {r['recipe']}", r.get("bytes"), r["quality"],
+                      (sp.get("decode_tok_s") or {}).get("1"), sp.get("prefill_tok_s")))
+    for r in study.get("peers") or []:
+        types = ", ".join(f"{t} {100 * f:.0f} %" for t, f in r["decoder_types"].items())
+        items.append((r["decoder_bits_per_weight"], f"{r['peer']} ({types})", r["bytes_on_disk"], r["quality"],
+                      r["speed"]["decode_b1_tok_s"], r["speed"]["prefill_tok_s"]))
+    for bits, name, size, q, dec, pre in sorted(items, key=lambda x: (x[0] is None, x[0] or 0)):
+        out.append(f"| {name} | {_fmt(bits, '.2f')} | {_fmt(size and size / 1e6, '.1f')} MB | {q['ppl']:.3f} | "
+                   f"{100 * (q['ppl'] - p) / p:+.2f} | {_fmt(q['kld'], '.4f')} | "
+                   f"{_fmt(q['top1'] is not None and 100 * q['top1'], '.1f')} | {_fmt(dec, '.1f')} | {_fmt(pre, '.0f')} |")
+    out += ["", "Speeds in this table are each engine's own (sizewise's from the study's interleaved rounds, "
+            "llama.cpp's median of 3 after a warm-up, same thread count), not paired ratios."]
+    return out
 
 
 def write_outputs(study: dict, out_dir: Path) -> list[Path]:

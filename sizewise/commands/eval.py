@@ -24,8 +24,9 @@ def _size_on_disk(path: Path) -> int:
 
 def evaluate(model: str, against: str | None = None, text_files: list[str] | None = None, tokens: int = 8192,
              window: int = 512, speed: bool = True, dtype: str = "auto", progress: bool = True,
-             decode_steps: int = 32, runs: int = 3) -> dict:
-    """Everything `sizewise eval` reports, as one JSON-able dict."""
+             decode_steps: int = 32, runs: int = 3, peers: list[str] | None = None) -> dict:
+    """Everything `sizewise eval` reports, as one JSON-able dict. peers ("llamacpp"): the same weights in
+    that engine beside sizewise (evaluate/llamacpp_peer.py), under result["peers"][name]."""
     import torch
 
     from sizewise.evaluate import data, machine, metrics
@@ -44,7 +45,7 @@ def evaluate(model: str, against: str | None = None, text_files: list[str] | Non
     for spec in [model] + ([against] if against else []):
         if not resolve_path(spec).exists():
             raise SizewiseError(f"model not found: {spec} (give a .gguf file, an HF or sizewise directory, or 'bundled')")
-    machine.set_threads()
+    threads = machine.set_threads()
     text = data.corpus_text(text_files) if text_files else None
     bar = _Bar(progress)
     result: dict = {"model": model, "against": against}
@@ -81,6 +82,11 @@ def evaluate(model: str, against: str | None = None, text_files: list[str] | Non
             s = sp.measure_speed(lm.model, stoks, steps=decode_steps, runs=runs, on_phase=lambda p: bar.phase(p))
             result["speed"] = s.to_dict()
         result["peak_rss_bytes"] = sp.peak_rss_bytes()
+        if peers:
+            from sizewise.evaluate.llamacpp_peer import llamacpp_beside
+            bar.phase("llama.cpp on the same weights")
+            result["peers"] = {"llamacpp": llamacpp_beside(lm, toks, window, threads, speed=speed, runs=runs,
+                                                           steps=decode_steps)}
     result["machine"] = machine.machine_info()
     result["command"] = machine.command_line()
     return result
@@ -147,13 +153,46 @@ def print_result(r: dict) -> None:
     m = r["machine"]
     t.caption = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}; median of 3 after a warm-up"
     Console().print(t)
+    for name, p in (r.get("peers") or {}).items():
+        _print_peer(name, p, q)
+
+
+def _print_peer(name: str, p: dict, q: dict) -> None:
+    """The peer's table: quality on the same windows, speed in interleaved rounds with each round's ratio."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if "skipped" in p:
+        print(f"peer {name} skipped: {p['skipped']}")
+        return
+    t = Table(title=f"{p['peer']} {p['version']} on the same weights ({p['gguf']}), {p['threads']} threads")
+    for c in ("", "sizewise", p["peer"], "sizewise / peer"):
+        t.add_column(c, justify="right")
+    pq = p["quality"]
+    t.add_row("perplexity", f"{q['ppl']:.3f}", f"{pq['ppl_llamacpp']:.3f}", f"{q['ppl'] / pq['ppl_llamacpp']:.4f}")
+    t.add_row("KLD (sizewise || peer)", "", f"{pq['kld_sizewise_vs_llamacpp']:.5f}", "")
+    t.add_row("top-1 agreement", "", f"{100 * pq['top1_sizewise_vs_llamacpp']:.2f} %", "")
+    s = p.get("speed")
+    if s:
+        def cell(x: dict, fmt: str) -> str:
+            return f"{x['median']:{fmt}} ({x['min']:{fmt}}-{x['max']:{fmt}})"
+        t.add_row(f"prefill {s['prefill_tokens']} tok/s", cell(s["sizewise_prefill_tok_s"], ".0f"),
+                  cell(s["llamacpp_prefill_tok_s"], ".0f"), cell(s["prefill_ratio"], ".2f"))
+        t.add_row("decode batch 1 tok/s", cell(s["sizewise_decode_b1_tok_s"], ".1f"),
+                  cell(s["llamacpp_decode_b1_tok_s"], ".1f"), cell(s["decode_ratio"], ".2f"))
+        t.caption = (f"median (min-max) of {s['rounds']} rounds, sizewise and {p['peer']} alternating; "
+                     "the ratio is taken within each round")
+    Console().print(t)
 
 
 def eval_command(model: str, against: str | None, text: list[str] | None, tokens: int, window: int,
-                 no_speed: bool, json_out: bool, out: str | None, dtype: str = "auto") -> dict:
+                 no_speed: bool, json_out: bool, out: str | None, dtype: str = "auto", peer: str | None = None) -> dict:
     import json
 
-    r = evaluate(model, against, text, tokens, window, speed=not no_speed, dtype=dtype, progress=not json_out)
+    from sizewise.evaluate.llamacpp_peer import parse_peers
+    peers = parse_peers(peer)
+    r = evaluate(model, against, text, tokens, window, speed=not no_speed, dtype=dtype, progress=not json_out,
+                 peers=peers)
     if out:
         from sizewise.io.atomic import atomic_write_json
         atomic_write_json(out, r)

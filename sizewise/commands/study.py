@@ -8,7 +8,8 @@ from sizewise.errors import SizewiseError
 
 def study_command(model: str, quick: bool = False, recipes: str | None = None, out: str | None = None,
                   text: list[str] | None = None, tokens: int | None = None, keep: bool = False,
-                  json_out: bool = False, sparsity: bool = False) -> dict:
+                  json_out: bool = False, sparsity: bool = False, peers: bool = False,
+                  peer_types: str | None = None) -> dict:
     import json
     from dataclasses import replace
 
@@ -19,6 +20,10 @@ def study_command(model: str, quick: bool = False, recipes: str | None = None, o
                                 write_outputs)
 
     names = parse_recipes(recipes, quick)  # bad names fail before anything slow happens
+    from sizewise.study_peers import parse_types
+    ptypes = parse_types(peer_types) if peers else None
+    if peer_types and not peers:
+        raise SizewiseError("--peer-types needs --peers")
     if not resolve_path(model).exists():
         raise SizewiseError(f"model not found: {model} (give a .gguf file, an HF directory, or 'bundled')")
     for f in text or []:
@@ -34,7 +39,7 @@ def study_command(model: str, quick: bool = False, recipes: str | None = None, o
         settings = replace(settings, eval_tokens=tokens)
     keep_dir = out_dir / "variants" if keep else None
     study = run_study(model, names, quick=quick, settings=settings, text_files=text, keep_dir=keep_dir,
-                      progress=not json_out)
+                      progress=not json_out, peer_types=ptypes)
     paths = write_outputs(study, out_dir)
     if json_out:
         print(json.dumps(study, indent=2))

@@ -112,7 +112,7 @@ def llamacpp_beside(lm, toks: Sequence[int], window: int, threads: int, speed: b
         llm = L.open_model(path, n_ctx=max(window, prefill, prompt + steps + 1), threads=threads)
         q = L.compare(llm, ws, reference_logits=(lg.numpy() for lg in metrics.iter_window_logits(lm.model, toks, window)))
         out["quality"] = {"ppl_llamacpp": q["ppl"], "kld_sizewise_vs_llamacpp": q.get("kld"),
-                          "top1_sizewise_vs_llamacpp": q.get("top1"), "n_predicted": q.get("n_predicted")}
+                          "top1_sizewise_vs_llamacpp": q.get("top1"), "n_predicted": q.get("predicted")}
         if speed:
             need = max(prefill, prompt)
             ids = list(toks) if len(toks) >= need else data.eval_tokens(lm.tokenizer, need)
