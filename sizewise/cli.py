@@ -260,23 +260,29 @@ def compare(
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (the parent is always fp32)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Optional[str] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    no_record: bool = _no_record(),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """Paired quality (NLL difference with a block-bootstrap CI, KLD, top-1) and interleaved speed."""
     from sizewise.commands.compare import compare_command
-    compare_command(models=models, parent=parent, text=text, tokens=tokens, window=window, block=block,
-                    no_speed=no_speed, batches=batches, decode_steps=decode_steps, prefill_tokens=prefill_tokens,
-                    rounds=rounds, max_rounds=max_rounds, json_out=json_out, out=out, dtype=dtype)
+    from sizewise.registry.results import compare_records
+    r = compare_command(models=models, parent=parent, text=text, tokens=tokens, window=window, block=block,
+                        no_speed=no_speed, batches=batches, decode_steps=decode_steps, prefill_tokens=prefill_tokens,
+                        rounds=rounds, max_rounds=max_rounds, json_out=json_out, out=out, dtype=dtype)
+    _record("compare", lambda: compare_records(r, out), no_record, registry)
 
 
 @app.command()
 @user_errors
 def report(
-    src: str = typer.Argument(..., help="A study directory (study.json), a compare result JSON, or a registry run ID."),
+    src: str = typer.Argument(..., help="A study directory (study.json), a compare result JSON, or a registry "
+                              "model ID / prefix / tag (its latest recorded compare or study)."),
     out: str = typer.Option("report.html", "--out", help="The HTML file to write (self-contained)."),
+    registry: Optional[str] = _registry_opt(),
 ) -> None:
     """One self-contained HTML page: tables, claimed vs measured, Pareto plots, lineage, machine."""
     from sizewise.commands.report import report_command
-    report_command(src=src, out=out)
+    report_command(src=src, out=out, registry=registry)
 
 
 # --- prune / share (sparsity) ---

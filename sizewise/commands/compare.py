@@ -163,15 +163,7 @@ def compare_models(specs: list[str], parent: str | None = None, text_files: list
               "quality": quality, "speed": speed_res,
               "machine": machine.machine_info(), "command": machine.command_line(),
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    result["registry_id"] = record_in_registry(result)
-    return result
-
-
-def record_in_registry(result: dict) -> str | None:
-    """THE place a compare result is recorded in the run registry (sizewise/registry/store.py,
-    being written separately): wire `from sizewise.registry import record_run` here at merge and
-    return the run ID so `sizewise report <ID>` finds it. Until then nothing is recorded."""
-    return None
+    return result  # the CLI records it (registry/results.compare_records), as every verb's result
 
 
 # --- output ----------------------------------------------------------------------------------

@@ -119,6 +119,46 @@ def study_records(st: dict, model: str, out_dir: str, keep: bool) -> list[dict]:
     return recs
 
 
+def compare_records(r: dict, out: str | None = None) -> list[dict]:
+    """One record per compared model: its perplexity, KLD and top-1 against the common parent with their
+    block-bootstrap intervals, the paired NLL difference against the reference, and the interleaved speed
+    ratios; every record carries the whole compare result (`extra.compare`) so that `sizewise report ID`
+    renders it from the registry alone (docs/compare-and-report.md)."""
+    q = r.get("quality") or {}
+    st = r.get("settings") or {}
+    proto = {"corpus": st.get("corpus") or CORPUS, "window": st.get("window"), "block": st.get("block"),
+             "parent": r.get("parent_spec"), "reference": r.get("reference"), "verb": "compare"}
+    tokens = st.get("n_predicted")
+    summary = {m["name"]: m for m in q.get("models") or []}
+    pairs = {p["b"]: p for p in q.get("pairs") or []}
+    sp = r.get("speed") or {}
+    spec_of = {m["name"]: m["spec"] for m in r.get("models") or []}
+    recs = []
+    for m in r.get("models") or []:
+        n = m["name"]
+        s = summary.get(n, {})
+        metrics: dict[str, Any] = {}
+        for k in ("ppl", "ppl_lo", "ppl_hi", "nll", "kld", "kld_lo", "kld_hi", "top1", "top1_lo", "top1_hi"):
+            if s.get(k) is not None:
+                metrics[k] = {"value": s[k], "tokens": tokens, "protocol": proto}
+        p = pairs.get(n)
+        if p:
+            for k, v in (("compare.nll_diff", p["nll_diff"]["mean"]), ("compare.nll_diff_lo", p["nll_diff"]["lo"]),
+                         ("compare.nll_diff_hi", p["nll_diff"]["hi"]), ("compare.ppl_change_pct", p["ppl_change_pct"])):
+                metrics[k] = {"value": v, "tokens": tokens, "protocol": proto}
+        for metric, by in (sp.get("ratios") or {}).items():
+            if n in by and n != sp.get("reference"):
+                rt = by[n]
+                for k in ("estimate", "lo", "hi"):
+                    if isinstance(rt.get(k), (int, float)):
+                        metrics[f"compare.speedup.{metric}{'' if k == 'estimate' else '_' + k}"] = {
+                            "value": rt[k], "protocol": {**proto, "vs": sp.get("reference")}}
+        recs.append({"model": spec_of.get(n, m.get("source")), "metrics": metrics, "protocol": proto,
+                     "artifacts": [str(out)] if out else None,
+                     "extra": {"compare": r, "machine": r.get("machine"), "command": r.get("command")}})
+    return recs
+
+
 def bench_serve_records(r: dict, model: str, out: str) -> list[dict]:
     proto = {"workload": {k: v for k, v in (r.get("workload") or {}).items() if k in ("requests", "max_tokens", "seed")},
              "engine": r.get("engine"), "dtype": r.get("dtype"), "recipe": r.get("recipe")}

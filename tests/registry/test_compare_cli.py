@@ -52,7 +52,33 @@ def test_compare_finds_the_perturbation_and_times_both(tiny_model_dir, perturbed
     assert sp["rounds"] == 2 and set(sp["models"]) == set(names)
     assert set(sp["verdicts"]["decode_b1"]) == set(names[1:])
     assert {"background", "loadavg1"} <= set(sp["load"]) and res["machine"]["cores"] >= 1
-    assert "registry_id" in res
+
+
+def test_compare_is_recorded_and_report_renders_it_by_id(tiny_model_dir, perturbed_dir, tmp_path):
+    from sizewise.registry.store import Registry
+    reg = tmp_path / "reg.sqlite"
+    r = runner.invoke(app, ["compare", str(tiny_model_dir), str(perturbed_dir), *FAST, "--no-speed",
+                            "--registry", str(reg)])
+    assert r.exit_code == 0, r.output
+    with Registry.open(reg, create=False) as g:
+        mid = g.identify(str(perturbed_dir)).id
+        info = g.get(mid[:8])
+    run = info["runs"][-1]
+    assert run["verb"] == "compare" and run["extra"]["compare"]["kind"] == "sizewise.compare"
+    m = {x["name"]: x["value"] for x in info["metrics"]}
+    assert m["compare.nll_diff_lo"] > 0  # the perturbation costs NLL, and the interval says so
+    assert m["compare.nll_diff_lo"] <= m["compare.nll_diff"] <= m["compare.nll_diff_hi"]
+    assert m["ppl_lo"] <= m["ppl"] <= m["ppl_hi"] and m["kld"] > 0
+    page = tmp_path / "r.html"
+    r = runner.invoke(app, ["report", mid[:10], "--out", str(page), "--registry", str(reg)])
+    assert r.exit_code == 0, r.output
+    html = page.read_text()
+    assert perturbed_dir.name in html and "<svg" in html
+    r = runner.invoke(app, ["report", "ffffffffff", "--out", str(page), "--registry", str(reg)])
+    assert r.exit_code == 2 and r.output.startswith("error:")
+    r = runner.invoke(app, ["compare", str(tiny_model_dir), str(perturbed_dir), *FAST, "--no-speed",
+                            "--registry", str(tmp_path / "other.sqlite"), "--no-record"])
+    assert r.exit_code == 0 and not (tmp_path / "other.sqlite").exists()
 
 
 def test_compare_refuses_different_tokenizers(tiny_model_dir, tmp_path):
