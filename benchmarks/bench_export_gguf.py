@@ -39,7 +39,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/export_gguf.json"))
     args = ap.parse_args()
 
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -137,19 +136,10 @@ def main() -> None:
     times = {k: {"prefill": [], "decode": []} for k in files}
     for run in range(args.runs + 1):
         for k, llm in llms.items():
-            llm.reset()
-            t0 = time.perf_counter()
-            llm.eval(prefill_ids)
-            tp = time.perf_counter() - t0
-            llm.reset()
-            llm.eval(prompt_ids)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-            td = time.perf_counter() - t0
+            pr, dr = L.speed_pass(llm, prefill_ids, prompt_ids, steps)
             if run:  # run 0 is the warm-up
-                times[k]["prefill"].append(len(prefill_ids) / tp)
-                times[k]["decode"].append(steps / td)
+                times[k]["prefill"].append(pr)
+                times[k]["decode"].append(dr)
     for k in files:
         rows[k]["llamacpp_prefill_tok_s"] = sorted(times[k]["prefill"])[len(times[k]["prefill"]) // 2]
         rows[k]["llamacpp_decode_tok_s"] = sorted(times[k]["decode"])[len(times[k]["decode"]) // 2]

@@ -161,16 +161,7 @@ def main() -> None:
         return len(prefill_ids) / tp, steps / (time.perf_counter() - t0)
 
     def llama_pass(llm):
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prefill_ids)
-        tp = time.perf_counter() - t0
-        llm.reset()
-        llm.eval(prompt_ids)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-        return len(prefill_ids) / tp, steps / (time.perf_counter() - t0)
+        return L.speed_pass(llm, prefill_ids, prompt_ids, steps)
 
     def sw_pass(pair):
         pre, dec = pair

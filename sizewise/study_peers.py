@@ -132,8 +132,6 @@ def llamacpp_rows(source: Path, kind: str, ref, tokens, threads: int, types: tup
     """One row per llama.cpp type: file bytes, decoder bits/weight, quality on the study's windows against
     its fp32 parent (ref), llama.cpp prefill / batch-1 decode tok/s. -> (rows, notes); ([], [why]) when
     llama.cpp is not installed."""
-    import numpy as np
-
     from sizewise.export import llamacpp as L
 
     why = L.available()
@@ -166,20 +164,11 @@ def llamacpp_rows(source: Path, kind: str, ref, tokens, threads: int, types: tup
             ids = list(tokens)
             pre, prompt = ids[:speed_tokens], ids[:decode_prompt]
             p_rates, d_rates = [], []
-            for r in range(4):
-                llm.reset()
-                t0 = time.perf_counter()
-                llm.eval(pre)
-                tp = time.perf_counter() - t0
-                llm.reset()
-                llm.eval(prompt)
-                t0 = time.perf_counter()
-                for _ in range(decode_steps):
-                    llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-                td = time.perf_counter() - t0
+            for r in range(4):  # round 0 warms up
+                pr, dr = L.speed_pass(llm, pre, prompt, decode_steps)
                 if r:
-                    p_rates.append(len(pre) / tp)
-                    d_rates.append(decode_steps / td)
+                    p_rates.append(pr)
+                    d_rates.append(dr)
             del llm
             bits = decoder_bits(out)
             rows.append({"peer": f"llama.cpp {ty}", "engine": f"llama.cpp {llama_cpp.__version__}", "type": ty,

@@ -72,22 +72,6 @@ def _sizewise_pass(model, prefill_ids: Sequence[int], prompt_ids: Sequence[int],
     return _rate(len(prefill_ids), tp), _rate(steps, td)
 
 
-def _llamacpp_pass(llm, prefill_ids: Sequence[int], prompt_ids: Sequence[int], steps: int) -> tuple[float, float]:
-    import numpy as np
-
-    llm.reset()
-    t0 = time.perf_counter()
-    llm.eval(list(prefill_ids))
-    tp = time.perf_counter() - t0
-    llm.reset()
-    llm.eval(list(prompt_ids))
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-    td = time.perf_counter() - t0
-    return _rate(len(prefill_ids), tp), _rate(steps, td)
-
-
 def _spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
@@ -120,7 +104,7 @@ def llamacpp_beside(lm, toks: Sequence[int], window: int, threads: int, speed: b
             rounds: dict[str, list[float]] = {k: [] for k in ("sw_prefill", "sw_decode", "lc_prefill", "lc_decode")}
             for r in range(runs + 1):  # round 0 warms both up and is dropped
                 sp_, sd = _sizewise_pass(lm.model, pre_ids, prompt_ids, steps)
-                lp, ld = _llamacpp_pass(llm, pre_ids, prompt_ids, steps)
+                lp, ld = L.speed_pass(llm, pre_ids, prompt_ids, steps)
                 if r:
                     for k, v in zip(rounds, (sp_, sd, lp, ld)):
                         rounds[k].append(v)

@@ -76,3 +76,22 @@ def greedy(llm, prompt: Sequence[int], n: int) -> list[int]:
         out.append(tok)
         llm.eval([tok])
     return out
+
+
+def speed_pass(llm, prefill_ids: Sequence[int], prompt_ids: Sequence[int], steps: int) -> tuple[float, float]:
+    """One timed pass in llama.cpp: prefill of `prefill_ids` (tok/s) and greedy batch-1 decode of `steps`
+    tokens after `prompt_ids` (tok/s, the prompt's own evaluation off the clock)."""
+    import time
+
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(list(prefill_ids))
+    tp = time.perf_counter() - t0
+    llm.reset()
+    llm.eval(list(prompt_ids))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    td = time.perf_counter() - t0
+    return len(prefill_ids) / tp, steps / td
+

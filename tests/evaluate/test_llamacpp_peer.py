@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import sizewise
 from sizewise.errors import SizewiseError
