@@ -102,6 +102,15 @@ def _bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(SCALE_DTYPE).float()
 
 
+def _column_weights(importance: torch.Tensor | None, k: int, group_size: int) -> torch.Tensor:
+    """[1, K/g, g] weights of each input column's squared error: 1 without statistics, else the
+    importance normalised to mean 1 (plus a floor, so no column is ignored)."""
+    if importance is None:
+        return torch.ones(1, k // group_size, group_size)
+    imp = importance.float().clamp(min=0)
+    return (imp / imp.mean().clamp(min=EPS) + 1e-3).reshape(1, k // group_size, group_size)
+
+
 def fit_int4_float(w: torch.Tensor, group_size: int, importance: torch.Tensor | None = None,
                    iters: int = FIT_ITERS, starts: tuple[tuple[float, float], ...] = FIT_STARTS) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group (scale, zero) in SCALE_DTYPE for w [N, K]: the min/max grid, then `iters` rounds of
@@ -124,11 +133,7 @@ def fit_int4_float(w: torch.Tensor, group_size: int, importance: torch.Tensor | 
         parts = [fit_int4_float(w[r:r + rows], group_size, importance, iters, starts) for r in range(0, n, rows)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     G = w.float().reshape(n, k // group_size, group_size)
-    if importance is None:
-        W = torch.ones(1, k // group_size, group_size)
-    else:
-        imp = importance.float().clamp(min=0)
-        W = (imp / imp.mean().clamp(min=EPS) + 1e-3).reshape(1, k // group_size, group_size)
+    W = _column_weights(importance, k, group_size)
     lo, hi = G.amin(-1, keepdim=True), G.amax(-1, keepdim=True)
     s0 = round_up_scale(((hi - lo) / 15.0).clamp(min=EPS)).float()
     sw = W.sum(-1, keepdim=True)
@@ -250,15 +255,7 @@ def unpack_int32_to_int8(packed: torch.Tensor, cols: int) -> torch.Tensor:
 from sizewise.size.formats import superblock_groups  # noqa: E402  (pure Python, shared with `estimate`)
 
 SB_CODE_MAX = 63  # 6-bit codes
-SB_PARAMS = 3  # fp16 per super-block: scale step a, zero base b, zero step e
 SB_SEARCH = (-1, 0, 1)  # code offsets tried around the nearest codes, per group
-
-
-def sb_bits_per_weight(k: int, group_size: int = 32) -> float:
-    """Stored bits per weight of one row of k (codes, 6-bit scale and zero codes, fp16 super-block params)."""
-    g = k // group_size
-    s = superblock_groups(g)
-    return 4 + 12 / group_size + 16 * SB_PARAMS * (g // s) / k
 
 
 def sb_expand(cs: torch.Tensor, cz: torch.Tensor, sup: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,11 +299,7 @@ def fit_int4_sb(w: torch.Tensor, group_size: int = 32, importance: torch.Tensor 
     cs0 = torch.round(s0 / ar).clamp(1, SB_CODE_MAX)
     cz0 = torch.round((z0 - br) / er).clamp(0, SB_CODE_MAX)
     G = w.float().reshape(n, g, group_size)
-    if importance is None:
-        W = torch.ones(1, g, group_size)
-    else:
-        imp = importance.float().clamp(min=0)
-        W = (imp / imp.mean().clamp(min=EPS) + 1e-3).reshape(1, g, group_size)
+    W = _column_weights(importance, k, group_size)
     best_err = best_cs = best_cz = None
     for ds in SB_SEARCH:
         cs = (cs0 + ds).clamp(1, SB_CODE_MAX)
