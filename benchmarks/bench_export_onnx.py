@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,10 +30,6 @@ sys.path.insert(0, str(ROOT))
 
 PROMPTS = ["The Python language reference describes", "A list comprehension is", "def fibonacci(n):\n"]
 GREEDY_STEPS = 16
-
-
-def _med(xs):
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
 
 def main() -> None:
@@ -51,7 +46,7 @@ def main() -> None:
 
     import sizewise
     from sizewise.evaluate import data, machine, metrics
-    from sizewise.evaluate.generate import make_decoder
+    from sizewise.evaluate.speed import batch1_pass, spread
     from sizewise.export import gguf as G
     from sizewise.export import llamacpp as L
     from sizewise.export import onnx as X
@@ -145,8 +140,6 @@ def main() -> None:
     prefill_ids, prompt_ids, steps = toks[:512], toks[:64], 32
     llms = {s: L.open_model(src["gguf"], threads=threads, logits_all=False) for s, src in sources.items()} \
         if have_llamacpp else {}
-    sw_dec = {s: (make_decoder(src["model"], 1, 512), make_decoder(src["model"], 1, 64 + steps + 1))
-              for s, src in sources.items()}
 
     def ort_pass(dec):
         dec.reset()
@@ -163,23 +156,12 @@ def main() -> None:
     def llama_pass(llm):
         return L.speed_pass(llm, prefill_ids, prompt_ids, steps)
 
-    def sw_pass(pair):
-        pre, dec = pair
-        with torch.inference_mode():
-            pre.reset()
-            t0 = time.perf_counter()
-            pre.forward(torch.tensor([prefill_ids]))
-            tp = time.perf_counter() - t0
-            dec.reset()
-            nxt = dec.forward(torch.tensor([prompt_ids])).argmax(-1, keepdim=True)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                nxt = dec.forward(nxt).argmax(-1, keepdim=True)
-        return len(prefill_ids) / tp, steps / (time.perf_counter() - t0)
+    def sw_pass(model):  # the decoder eval/study/serve use, the same pass eval --peer times
+        return batch1_pass(model, prefill_ids, prompt_ids, steps)
 
     engines = {**{f"onnxruntime {n}": (ort_pass, d) for n, d in decoders.items()},
                **{f"llama.cpp {s}": (llama_pass, llm) for s, llm in llms.items()},
-               **{f"sizewise {s}": (sw_pass, pair) for s, pair in sw_dec.items()}}
+               **{f"sizewise {s}": (sw_pass, src["model"]) for s, src in sources.items()}}
     speed = {k: {"prefill": [], "decode": []} for k in engines}
     for run in range(args.runs + 1):
         for k, (fn, obj) in engines.items():
@@ -188,7 +170,7 @@ def main() -> None:
                 speed[k]["prefill"].append(p)
                 speed[k]["decode"].append(d)
         print(f"speed round {run}/{args.runs}", flush=True)
-    speed = {k: {"prefill_tok_s": _med(v["prefill"]), "decode_tok_s": _med(v["decode"])} for k, v in speed.items()}
+    speed = {k: {"prefill_tok_s": spread(v["prefill"]), "decode_tok_s": spread(v["decode"])} for k, v in speed.items()}
 
     import onnxruntime
     res = {"what": __doc__.split("\n")[0], "tokens": args.tokens, "predicted": n_pred, "window": 512,

@@ -9,7 +9,6 @@ quoted claims) and PNG plots with the Pareto front marked.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import shutil
 import time
@@ -212,9 +211,8 @@ def expected_bytes(model, recipe: str, config, fallbacks: dict | None = None) ->
     fmt = FORMAT_OF.get(recipe)
     int4 = "int4-ct-g" if getattr(config, "zero", "") == "int" else "int4-g"
     if fmt is None and getattr(config, "kind", "") == "int4":
-        fmt = f"{int4}{config.group_size}"
-        if getattr(config, "scale_bits", 16) == 6:
-            fmt = f"int4-g{config.group_size}-s6"  # formats.py prices g32 only; others: None below
+        s6 = getattr(config, "scale_bits", 16) == 6  # formats.py prices int4-g32-s6 only; others: None below
+        fmt = f"int4-g{config.group_size}-s6" if s6 else f"{int4}{config.group_size}"
     if fmt is None:
         return None
     try:
@@ -289,10 +287,10 @@ def _variant(parent, name: str, config, calib, tokenizer, parent_path: Path, tmp
                 else sum(speed.dir_bytes(p) for p in out.glob("*.safetensors"))
             row["bytes_on_disk"] = row["bytes"]  # docs/vocabulary.md; `bytes` stays for one release
             row["dir_bytes"] = speed.dir_bytes(out)
-            from sizewise.study_peers import sizewise_decoder_bits
-            row["decoder_bits_per_weight"] = sizewise_decoder_bits(json.loads((out / "sizewise.json").read_text()))
             del model
-            (model, _tok, _man), row["load_s"] = speed.timed_load(lambda: load_compressed(out))
+            (model, _tok, manifest), row["load_s"] = speed.timed_load(lambda: load_compressed(out))
+            from sizewise.study_peers import sizewise_decoder_bits
+            row["decoder_bits_per_weight"] = sizewise_decoder_bits(manifest)
             set_activation_dtype(model, act)
         except (SizewiseError, NotImplementedError, ValueError) as e:
             row["notes"].append(f"not saveable in the sizewise format ({str(e).splitlines()[0]}): size/load not measured")

@@ -137,38 +137,33 @@ def _int4_replace(model: nn.Module, name: str, lin: nn.Linear, config: Int4Weigh
     if g != config.group_size:
         rec.fallbacks[name] = {"requested": config.group_size, "used": g,
                                "reason": f"input dim {k} is not a multiple of {config.group_size}"}
+    grid = config.grid
+    if grid == "act-mse" and acc is None:  # a target outside the decoder layers saw no calibration
+        grid = "mse"
+        rec.calibration = rec.calibration or {}
+        rec.calibration.setdefault("grid_mse_without_statistics", []).append(name)
     if config.scale_bits == 6:
-        new = _int4_s6(lin, g, config, rec, acc, name)
-        set_module(model, name, new)
-        _record(rec, name, new)
-        return
-    if acc is not None and acc.H is not None:
-        q, s, z = G.gptq_quantize_weight(lin.weight, acc.H, g, config.act_order, config.damp, config.block_size,
-                                         zero=config.zero, grid=config.grid)
+        new = _int4_s6(lin, g, config, grid, acc)
     else:
-        grid = config.grid
-        if grid == "act-mse" and acc is None:  # a target outside the decoder layers saw no calibration
-            grid = "mse"
-            rec.calibration = rec.calibration or {}
-            rec.calibration.setdefault("grid_mse_without_statistics", []).append(name)
-        q, s, z = Q.quantize_int4(lin.weight.detach(), g, config.zero, grid,
-                                  None if acc is None else acc.importance)
-    new = P.int4_linear(q, s, z, g, lin.bias)
+        if acc is not None and acc.H is not None:
+            q, s, z = G.gptq_quantize_weight(lin.weight, acc.H, g, config.act_order, config.damp, config.block_size,
+                                             zero=config.zero, grid=config.grid)
+        else:
+            q, s, z = Q.quantize_int4(lin.weight.detach(), g, config.zero, grid,
+                                      None if acc is None else acc.importance)
+        new = P.int4_linear(q, s, z, g, lin.bias)
     set_module(model, name, new)
     _record(rec, name, new)
 
 
-def _int4_s6(lin: nn.Linear, g: int, config: Int4WeightOnlyConfig, rec: CompressionRecord,
-             acc: G.HessianAccumulator | None, name: str) -> nn.Module:
+def _int4_s6(lin: nn.Linear, g: int, config: Int4WeightOnlyConfig, grid: str,
+             acc: G.HessianAccumulator | None) -> nn.Module:
     """int4 with 6-bit coded group scales (P.Int4SuperBlockLinear): the coded grid is fitted on the weights
     (weighted by mean x^2 for "act-mse", by diag(H) for GPTQ), then RTN or GPTQ rounds onto that fixed grid."""
     w = lin.weight.detach()
     importance = None
-    if acc is not None and config.grid == "act-mse":
+    if acc is not None and grid == "act-mse":
         importance = torch.diag(acc.H).float() if acc.H is not None else acc.importance
-    elif acc is None and config.grid == "act-mse":
-        rec.calibration = rec.calibration or {}
-        rec.calibration.setdefault("grid_mse_without_statistics", []).append(name)
     q, cs, cz, sup = Q.fit_int4_sb(w, g, importance)
     if acc is not None and acc.H is not None:
         s, z = Q.sb_expand(cs, cz, sup)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import re
 
 _INT4 = re.compile(r"^int4-g(\d+)-(asym|fz)$")
-_INT4_S6 = re.compile(r"^int4-g32-s6$")
 
 
 def scheme_format(scheme: str) -> str | None:
-    if _INT4_S6.match(scheme):
-        return "int4-g32-s6"
+    if scheme == "int4-g32-s6":  # formats.py prices the coded layout for groups of 32
+        return scheme
     m = _INT4.match(scheme)
     if m:
         return f"int4-{'ct-' if m.group(2) == 'asym' else ''}g{m.group(1)}"

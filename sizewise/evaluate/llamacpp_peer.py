@@ -10,9 +10,7 @@ the ratio of each round is taken on the same machine state and the spread across
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -48,38 +46,11 @@ def gguf_for(lm, workdir: Path) -> tuple[Path | None, str]:
     return out, f"`sizewise export --to gguf` ({', '.join(f'{n} {t}' for t, n in sorted(rep['types'].items()))})"
 
 
-def _rate(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else float("inf")
-
-
-def _sizewise_pass(model, prefill_ids: Sequence[int], prompt_ids: Sequence[int], steps: int) -> tuple[float, float]:
-    import torch
-
-    from sizewise.evaluate.generate import make_decoder
-    with torch.inference_mode():
-        pre = make_decoder(model, 1, len(prefill_ids))
-        pre.reset()
-        t0 = time.perf_counter()
-        pre.forward(torch.tensor([list(prefill_ids)]))
-        tp = time.perf_counter() - t0
-        dec = make_decoder(model, 1, len(prompt_ids) + steps + 1)
-        dec.reset()
-        tok = dec.forward(torch.tensor([list(prompt_ids)])).argmax(-1, keepdim=True)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            tok = dec.forward(tok).argmax(-1, keepdim=True)
-        td = time.perf_counter() - t0
-    return _rate(len(prefill_ids), tp), _rate(steps, td)
-
-
-def _spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
-
-
 def llamacpp_beside(lm, toks: Sequence[int], window: int, threads: int, speed: bool = True, runs: int = 3,
                     steps: int = 32, prefill: int = 512, prompt: int = 64) -> dict:
     """llama.cpp's numbers for `lm`'s weights beside sizewise's: {"skipped": why} when it cannot run."""
     from sizewise.evaluate import data, metrics
+    from sizewise.evaluate.speed import batch1_pass, spread
     from sizewise.export import llamacpp as L
 
     why = L.available()
@@ -103,7 +74,7 @@ def llamacpp_beside(lm, toks: Sequence[int], window: int, threads: int, speed: b
             pre_ids, prompt_ids = ids[:prefill], ids[:prompt]
             rounds: dict[str, list[float]] = {k: [] for k in ("sw_prefill", "sw_decode", "lc_prefill", "lc_decode")}
             for r in range(runs + 1):  # round 0 warms both up and is dropped
-                sp_, sd = _sizewise_pass(lm.model, pre_ids, prompt_ids, steps)
+                sp_, sd = batch1_pass(lm.model, pre_ids, prompt_ids, steps)
                 lp, ld = L.speed_pass(llm, pre_ids, prompt_ids, steps)
                 if r:
                     for k, v in zip(rounds, (sp_, sd, lp, ld)):
@@ -111,10 +82,10 @@ def llamacpp_beside(lm, toks: Sequence[int], window: int, threads: int, speed: b
             ratio_d = [a / b for a, b in zip(rounds["sw_decode"], rounds["lc_decode"])]
             ratio_p = [a / b for a, b in zip(rounds["sw_prefill"], rounds["lc_prefill"])]
             out["speed"] = {"prefill_tokens": prefill, "decode_steps": steps, "decode_prompt": prompt, "rounds": runs,
-                            "sizewise_prefill_tok_s": _spread(rounds["sw_prefill"]),
-                            "sizewise_decode_b1_tok_s": _spread(rounds["sw_decode"]),
-                            "llamacpp_prefill_tok_s": _spread(rounds["lc_prefill"]),
-                            "llamacpp_decode_b1_tok_s": _spread(rounds["lc_decode"]),
-                            "decode_ratio": _spread(ratio_d), "prefill_ratio": _spread(ratio_p)}
+                            "sizewise_prefill_tok_s": spread(rounds["sw_prefill"]),
+                            "sizewise_decode_b1_tok_s": spread(rounds["sw_decode"]),
+                            "llamacpp_prefill_tok_s": spread(rounds["lc_prefill"]),
+                            "llamacpp_decode_b1_tok_s": spread(rounds["lc_decode"]),
+                            "decode_ratio": spread(ratio_d), "prefill_ratio": spread(ratio_p)}
         del llm
     return out

@@ -301,3 +301,28 @@ def interleaved_speed(models: dict, tokens: Sequence[int], batches: Sequence[int
     return {"reference": ref, "models": out_models, "ratios": ratios, "verdicts": verdicts,
             "load": res.load.to_dict(), "load_text": res.load.text(), "rounds": res.rounds, "warmup": warmup,
             "order": "interleaved, alternating AB/BA per round, warm-up discarded"}
+
+
+def batch1_pass(model, prefill_ids: Sequence[int], prompt_ids: Sequence[int], steps: int) -> tuple[float, float]:
+    """One untimed-setup pass beside another engine's (eval --peer, the export benchmarks): prefill of
+    `prefill_ids` (tok/s) and greedy batch-1 decode of `steps` tokens after `prompt_ids` (tok/s), on the
+    decoder `eval` uses; the caller interleaves passes and drops a warm-up."""
+    with torch.inference_mode():
+        pre = make_decoder(model, 1, len(prefill_ids))
+        t0 = time.perf_counter()
+        pre.forward(torch.tensor([list(prefill_ids)]))
+        tp = time.perf_counter() - t0
+        dec = make_decoder(model, 1, len(prompt_ids) + steps + 1)
+        tok = dec.forward(torch.tensor([list(prompt_ids)])).argmax(-1, keepdim=True)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tok = dec.forward(tok).argmax(-1, keepdim=True)
+        td = time.perf_counter() - t0
+    return len(prefill_ids) / tp, steps / td
+
+
+def spread(xs: Sequence[float]) -> dict:
+    """Median, min and max of repeated rates (and the runs), as the peer tables print them."""
+    xs = list(xs)
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
+
