@@ -51,3 +51,17 @@ def test_dir_bytes_counts_files(tmp_path):
     (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
     assert speed.dir_bytes(tmp_path) == 15
     assert speed.dir_bytes(tmp_path / "a") == 10
+
+
+def test_batch1_pass_and_spread():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1,
+                                     max_position_embeddings=256)).eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    pre, dec = speed.batch1_pass(m, list(range(40)), list(range(8)), steps=5)
+    assert pre > 0 and dec > 0
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # timing leaves the model as it was
+    s = speed.spread([3.0, 1.0, 2.0])
+    assert s == {"median": 2.0, "min": 1.0, "max": 3.0, "runs": [3.0, 1.0, 2.0]}
