@@ -6,7 +6,10 @@ from typing import Callable, Optional
 
 import typer
 
+from sizewise.compression.recipes import RECIPES
 from sizewise.errors import SizewiseError
+
+RECIPE_NAMES = list(RECIPES)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Exact parameter counts, sizes and memory for LLMs; measured compression.")
@@ -149,9 +152,9 @@ def hardware_list(json_out: bool = typer.Option(False, "--json")) -> None:
 @user_errors
 def compress(
     model: str = typer.Argument(..., help="HF directory, .gguf file, or 'bundled'."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Required unless --prune (then default fp16 values): fp32 fp16 bf16 torch-dynamic int8-wo int8-dyn int8-static "
-                               "int4-g32 int4-g64 int4-g128 int4-gptq-g64 int4-gptq-g128 int4-imatrix-g64 int4-imatrix-g128 "
-                               "int4-ct-g32 int4-ct-g64 int4-ct-g128 (compressed-tensors int zero points), or a .json/.yaml file."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Required unless --prune (then default fp16 values): "
+                               + " ".join(RECIPE_NAMES) + " (int4-ct-*: compressed-tensors int zero points; *-s6: 6-bit coded "
+                               "scales, 4.46 bits/weight; *-emb8: int8 token table), or a .json/.yaml file."),
     out: str = typer.Option(..., "--out", help="Output directory (refused if it exists, unless --force)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
     calib_file: Optional[str] = typer.Option(None, "--calib-file", help="Calibration text (default: corpus after token 16384)."),

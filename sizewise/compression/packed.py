@@ -17,6 +17,8 @@ checkpoint save/load stays generic:
 Activations: the int8/int4 weight-only kernels are fast with bf16 activations and fall to scalar
 paths with fp32, so modules cast the input to bf16 around the kernel and cast the result back.
 `act_dtype` can be set to torch.float32 to measure the other path; `kernel` says which ran.
+int4 modules run sizewise's own kernel (sizewise/kernels) where it is built: the same bf16 activations,
+the exact stored weights, fp32 sums and output; aten's int4 kernel otherwise.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from sizewise import kernels
 from sizewise.compression import quant as Q
 
 # --- registry ---
@@ -341,6 +344,15 @@ def int4_supported(n: int, k: int, group_size: int) -> str | None:
     return None
 
 
+def own_int4_kernel(k: int, group_size: int) -> bool:
+    """Whether an int4 [*, k] weight at this group size runs sizewise's kernel (built, and the shape suits it)."""
+    return kernels.ops() is not None and k % 32 == 0 and group_size % 32 == 0
+
+
+def int4_kernel_name(own: bool, act: str = "bf16") -> str:
+    return f"sizewise.linear_q4({act} activations, fp32 sums)" if own else f"aten._weight_int4pack_mm_for_cpu({act})"
+
+
 class Int4WeightOnlyLinear(PackedLinear):
     """int4 group-wise asymmetric weights (RTN or GPTQ give the integers; storage and kernel are shared)."""
 
@@ -350,7 +362,7 @@ class Int4WeightOnlyLinear(PackedLinear):
                  bias: torch.Tensor | None) -> None:
         self._pack(q, scale, group_size, bias)
         self.register_buffer("weight_zero_point", zp.to(torch.uint8).contiguous())  # [N, K/g] in [0,15]
-        self.register_buffer("_sz", int4_scales_and_zeros(scale, zp), persistent=False)
+        self._set_sz(int4_scales_and_zeros(scale, zp))
 
     def _pack(self, q: torch.Tensor, scale: torch.Tensor, group_size: int, bias: torch.Tensor | None) -> None:
         """State both zero conventions share: shapes, bias, the kernel-layout nibbles and the scales."""
@@ -360,8 +372,17 @@ class Int4WeightOnlyLinear(PackedLinear):
         if why:
             raise ValueError(why)
         self.group_size = group_size
-        self.register_buffer("weight_int4pack", int4_kernel_pack(q))  # uint8, kernel layout
+        # sizewise's kernel where it is built and the shape suits it, else aten's; one layout is kept, not both
+        self._own = own_int4_kernel(k, group_size)
+        if self._own:
+            self.register_buffer("weight_q4", kernels.pack_q4(q), persistent=False)  # uint8 [N, K/2]
+        else:
+            self.register_buffer("weight_int4pack", int4_kernel_pack(q))  # uint8, aten's layout
         self.register_buffer("weight_scale", scale.to(Q.SCALE_DTYPE).contiguous())  # [N, K/g]
+
+    def _set_sz(self, sz: torch.Tensor) -> None:
+        """(scale, zero) bf16 [G, N, 2] with w = (q - 8) * scale + zero: aten's layout, or [N, G, 2] for ours."""
+        self.register_buffer("_sz", sz.transpose(0, 1).contiguous() if self._own else sz, persistent=False)
 
     @property
     def scheme(self) -> str:  # type: ignore[override]
@@ -369,7 +390,7 @@ class Int4WeightOnlyLinear(PackedLinear):
 
     @property
     def kernel(self) -> str:  # type: ignore[override]
-        return f"aten._weight_int4pack_mm_for_cpu({_dt(self.act_dtype)})"
+        return int4_kernel_name(self._own, _dt(self.act_dtype))
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int = 128, **options: Any) -> "Int4WeightOnlyLinear":
@@ -378,11 +399,18 @@ class Int4WeightOnlyLinear(PackedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = _flat(x).to(self.act_dtype)
-        sz = self._sz if self.act_dtype == torch.bfloat16 else self._sz.to(self.act_dtype)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(xs, self.weight_int4pack, self.group_size, sz)
+        if self._own and self.act_dtype == torch.bfloat16:  # aten's bf16 activations; exact weights, fp32 sums
+            y = kernels.loaded().linear(xs, kernels.Q4, self.weight_q4, self._sz, self.group_size)
+        elif self._own:  # other activation dtypes: the reference product (slow; measurements only)
+            y = xs @ self.dequantized_weight().to(xs.dtype).t()
+        else:
+            sz = self._sz if self.act_dtype == torch.bfloat16 else self._sz.to(self.act_dtype)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xs, self.weight_int4pack, self.group_size, sz)
         return self._finish(y, x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def int_weight(self) -> torch.Tensor:
+        if self._own:
+            return kernels.unpack_q4(self.weight_q4, self.in_features)
         return int4_kernel_unpack(self.weight_int4pack, self.out_features, self.in_features)
 
     def packed_tensors(self) -> dict[str, torch.Tensor]:
@@ -416,8 +444,7 @@ class Int4FloatZeroLinear(Int4WeightOnlyLinear):
                  bias: torch.Tensor | None) -> None:
         self._pack(q, scale, group_size, bias)
         self.register_buffer("weight_zero", zero.to(Q.SCALE_DTYPE).contiguous())  # [N, K/g]
-        self.register_buffer("_sz", torch.stack([self.weight_scale, self.weight_zero], dim=-1)
-                             .transpose(0, 1).contiguous(), persistent=False)
+        self._set_sz(torch.stack([self.weight_scale, self.weight_zero], dim=-1).transpose(0, 1).contiguous())
 
     @property
     def scheme(self) -> str:  # type: ignore[override]

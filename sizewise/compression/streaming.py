@@ -276,7 +276,7 @@ def compress_checkpoint_streaming(src_dir: str | Path, out_dir: str | Path, conf
                     parts = _int4_chunked(t, g, config)
                     scheme = f"int4-g{g}-{'s6' if config.scale_bits == 6 else 'asym' if config.zero == 'int' else 'fz'}"
                     meta = {"in_features": k, "out_features": n, "group_size": g}
-                    kernel = "aten._weight_int4pack_mm_for_cpu(bf16)"
+                    kernel = P.int4_kernel_name(P.own_int4_kernel(k, g))
                 else:
                     parts = _int8_chunked(t)
                     scheme = "int8-dyn" if isinstance(config, Int8DynamicConfig) else "int8-wo"

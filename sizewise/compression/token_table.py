@@ -14,7 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sizewise import kernels
 from sizewise.compression import packed as P
+from sizewise.compression.precision import KERNEL_ROWS
 from sizewise.compression import quant as Q
 
 
@@ -81,6 +83,15 @@ class TiedInt8Head(P.Int8WeightOnlyLinear):
             raise ValueError(f"cannot tie a [{self.out_features}, {self.in_features}] head to a table of "
                              f"shape {list(emb.weight.shape)}")
         self.weight, self.weight_scale = emb.weight, emb.weight_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = kernels.ops()
+        rows = x.numel() // max(x.shape[-1], 1)
+        if ops is not None and rows <= KERNEL_ROWS and self.in_features % 32 == 0:
+            # decode batches: sizewise's kernel, exact fp32 sums of the int8 rows times their scales
+            y = ops.linear(x.reshape(rows, -1).float(), kernels.I8, self.weight, self.weight_scale, 32, self.bias)
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return super().forward(x)
 
     def packed_tensors(self) -> dict[str, torch.Tensor]:
         return {}

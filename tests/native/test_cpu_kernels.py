@@ -1,0 +1,186 @@
+"""sizewise's CPU kernels against their references: exact layouts, fp32-rounding agreement with the PyTorch
+product of the same weights and activations, batch invariance, the modules that use them, and the build cache."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sizewise import kernels
+from sizewise.compression import packed as P
+
+ops = kernels.ops()
+needs_ops = pytest.mark.skipif(ops is None, reason=f"sizewise's CPU kernels are not built here: {kernels.why_not()}")
+
+
+def _close(y: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> bool:
+    """fp32 sums of exact products: within a few fp32 ulps of sum |x||w| per output."""
+    bound = 1e-5 * (x.abs().double() @ w.abs().double().t()) + 1e-6
+    return bool(((y.double() - ref.double()).abs() <= bound).all())
+
+
+def test_pack_q4_round_trip_and_layout():
+    q = torch.randint(0, 16, (8, 96), dtype=torch.int32)
+    p = kernels.pack_q4(q)
+    assert p.shape == (8, 48) and p.dtype == torch.uint8
+    assert torch.equal(kernels.unpack_q4(p, 96), q)
+    # byte j of each 32-wide chunk: code j low, code j + 16 high
+    assert int(p[3, 16 + 5]) == int(q[3, 32 + 5]) | (int(q[3, 32 + 21]) << 4)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kernels.pack_q4(torch.zeros(2, 48, dtype=torch.int32))
+
+
+@needs_ops
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("m", [1, 3, 5, 17, 70])
+def test_q4_matches_the_dequantized_product_on_bf16_activations(gs, m):
+    torch.manual_seed(gs + m)
+    n, k = 40, 256
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32)
+    scale = (torch.rand(n, k // gs) * 0.02 + 1e-3).to(torch.bfloat16)
+    zero = (torch.randn(n, k // gs) * 0.02).to(torch.bfloat16)
+    bias = torch.randn(n)
+    w = ((q.view(n, -1, gs).float() - 8) * scale.float()[..., None] + zero.float()[..., None]).view(n, k)
+    x = torch.randn(m, k).to(torch.bfloat16)
+    y = ops.linear(x, kernels.Q4, kernels.pack_q4(q), kernels.rows_scales(scale, zero), gs, bias)
+    ref = x.double() @ w.double().t() + bias.double()
+    assert y.dtype == torch.float32 and y.shape == (m, n)
+    assert _close(y, ref, x.float(), w)
+    # fp32 input is rounded to bf16 first (nearest even), as .to(torch.bfloat16) does
+    y32 = ops.linear(x.float() + 1e-4 * torch.randn(m, k) * x.float().abs(), kernels.Q4, kernels.pack_q4(q),
+                     kernels.rows_scales(scale, zero), gs, bias)
+    assert torch.allclose(y32, y, rtol=1e-2, atol=1e-2)
+
+
+@needs_ops
+@pytest.mark.parametrize("kind", ["q4", "bf16", "f32", "i8"])
+def test_every_row_of_a_batch_is_what_it_is_alone(kind):
+    """Batch invariance, bitwise: serving a row beside others must not change its numbers."""
+    torch.manual_seed(3)
+    n, k = 52, 128  # 52 rows: blocks of 4 and of 16 rows with remainders
+    x = torch.randn(23, k)
+    if kind == "q4":
+        args = (kernels.Q4, kernels.pack_q4(torch.randint(0, 16, (n, k))),
+                kernels.rows_scales(torch.rand(n, 4) * 0.1, torch.randn(n, 4) * 0.1), 32)
+    elif kind == "bf16":
+        args = (kernels.BF16, torch.randn(n, k).to(torch.bfloat16), torch.empty(0), 32)
+    elif kind == "f32":
+        args = (kernels.F32, torch.randn(n, k), torch.empty(0), 32)
+    else:
+        args = (kernels.I8, torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n) * 0.01, 32)
+    full = ops.linear(x, *args)
+    for lo, hi in [(0, 1), (5, 6), (3, 7), (4, 21), (22, 23)]:
+        assert torch.equal(ops.linear(x[lo:hi], *args), full[lo:hi])
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            assert torch.equal(ops.linear(x, *args), full)
+        finally:
+            torch.set_num_threads(old)
+
+
+@needs_ops
+def test_dense_kinds_match_their_references():
+    torch.manual_seed(4)
+    x = torch.randn(6, 96)
+    wb = torch.randn(30, 96).to(torch.bfloat16)
+    y = ops.linear(x, kernels.BF16, wb, torch.empty(0), 32)
+    xb = x.to(torch.bfloat16).float()
+    assert _close(y, xb.double() @ wb.double().t(), xb, wb.float())
+    wf = torch.randn(30, 96)
+    b = torch.randn(30)
+    assert _close(ops.linear(x, kernels.F32, wf, torch.empty(0), 32, b), x.double() @ wf.double().t() + b.double(), x, wf)
+    q8 = torch.randint(-127, 128, (30, 96), dtype=torch.int8)
+    rs = (torch.rand(30) * 0.01).to(torch.bfloat16)
+    w8 = q8.float() * rs.float()[:, None]
+    assert _close(ops.linear(x, kernels.I8, q8, rs, 32), x.double() @ w8.double().t(), x, w8)
+
+
+@needs_ops
+def test_bad_shapes_are_refused():
+    with pytest.raises(RuntimeError, match="x must be"):
+        ops.linear(torch.randn(2, 64), kernels.F32, torch.randn(4, 96), torch.empty(0), 32)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        ops.linear(torch.randn(2, 40), kernels.F32, torch.randn(4, 40), torch.empty(0), 32)
+    with pytest.raises(RuntimeError, match="int4 scales"):
+        ops.linear(torch.randn(2, 64), kernels.Q4, torch.zeros(4, 32, dtype=torch.uint8), torch.zeros(3), 32)
+
+
+@needs_ops
+@pytest.mark.parametrize("cls", [P.Int4WeightOnlyLinear, P.Int4FloatZeroLinear, P.Int4SuperBlockLinear])
+def test_int4_modules_agree_with_the_aten_path(monkeypatch, cls):
+    """Same weights, same bf16 activations: sizewise's kernel and aten's agree to bf16-output rounding,
+    and the codes read back exactly whichever layout holds them."""
+    torch.manual_seed(5)
+    lin = nn.Linear(192, 48)
+    ours = cls.from_float(lin, 32 if cls is P.Int4SuperBlockLinear else 64)
+    assert "linear_q4" in ours.kernel
+    monkeypatch.setenv("SIZEWISE_KERNELS", "0")
+    theirs = cls.from_float(lin, 32 if cls is P.Int4SuperBlockLinear else 64)
+    assert "int4pack" in theirs.kernel
+    assert torch.equal(ours.int_weight(), theirs.int_weight())
+    assert torch.equal(ours.dequantized_weight(), theirs.dequantized_weight())
+    x = torch.randn(2, 7, 192)
+    a, b = ours(x), theirs(x)
+    assert a.shape == b.shape == (2, 7, 48)
+    assert torch.allclose(a, b, rtol=2 ** -7, atol=2e-2)
+    xb = x.to(torch.bfloat16).float().reshape(-1, 192)
+    w = ours.dequantized_weight()
+    ref = (xb.double() @ w.double().t() + lin.bias.double()).reshape(2, 7, 48)
+    assert _close(a.reshape(-1, 48), ref.reshape(-1, 48), xb, w)
+    assert {k: v.shape for k, v in ours.packed_tensors().items()} == {k: v.shape for k, v in theirs.packed_tensors().items()}
+
+
+def test_disabled_kernels_leave_the_pytorch_paths(monkeypatch):
+    monkeypatch.setenv("SIZEWISE_KERNELS", "0")
+    assert kernels.ops() is None and kernels.why_not() == "SIZEWISE_KERNELS=0"
+    mod = P.Int4WeightOnlyLinear.from_float(nn.Linear(64, 16), 32)
+    assert "int4pack" in mod.kernel and mod(torch.randn(3, 64)).shape == (3, 16)
+
+
+def test_build_key_changes_with_torch_version_and_source(monkeypatch, tmp_path):
+    k0 = kernels.build_key()
+    monkeypatch.setattr(torch, "__version__", "9.9.9+other")
+    assert kernels.build_key() != k0 and "9.9.9_other" in kernels.build_key()
+    monkeypatch.undo()
+    src = tmp_path / "k.cpp"
+    src.write_text(kernels.SOURCE.read_text() + "\n// changed\n")
+    monkeypatch.setattr(kernels, "SOURCE", src)
+    assert kernels.build_key() != k0
+
+
+@needs_ops
+def test_a_broken_cached_build_is_rebuilt_not_trusted(tmp_path):
+    """A library in the cache that does not import (a half-written file, another machine's) is deleted
+    and compiled again; a second process then loads the rebuilt one from the cache."""
+    built = next((kernels.cache_root() / "kernels" / kernels.build_key()).glob("*.so"))
+    cache = tmp_path / "cache"
+    target = cache / "kernels" / kernels.build_key()
+    target.mkdir(parents=True)
+    for f in built.parent.iterdir():
+        if f.is_file():
+            shutil.copy2(f, target / f.name)  # timestamps kept: ninja calls the copy up to date
+    st = built.stat()
+    (target / built.name).write_bytes(b"not a shared library")
+    os.utime(target / built.name, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code = textwrap.dedent("""
+        import torch
+        from sizewise import kernels
+        m = kernels.ops()
+        print(m is not None, kernels.why_not(), kernels.load_seconds()[1])
+        y = m.linear(torch.ones(1, 32), kernels.F32, torch.ones(2, 32), torch.empty(0), 32)
+        print(float(y.sum()))
+    """)
+    env = {**os.environ, "SIZEWISE_CACHE": str(cache)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "None", "False", "64.0"]
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert again.stdout.split() == ["True", "None", "True", "64.0"]  # from the disk cache this time
