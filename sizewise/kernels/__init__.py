@@ -30,7 +30,7 @@ import torch
 
 Q4, BF16, F32, I8 = 0, 1, 2, 3
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-fopenmp"]
+CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-ffp-contract=off", "-fopenmp"]
 _lock = threading.Lock()
 _state: dict = {}
 

@@ -338,9 +338,141 @@ at::Tensor linear(const at::Tensor& x, int64_t kind, const at::Tensor& w, const 
   return y;
 }
 
+// Several weights applied to the same activations in one parallel region (q/k/v, gate/up): the activations
+// are converted once, and each output is what `linear` would return for that weight alone.
+std::vector<at::Tensor> linear_multi(const at::Tensor& x, const std::vector<int64_t>& kinds, const std::vector<at::Tensor>& ws,
+                                     const std::vector<at::Tensor>& szs, const std::vector<int64_t>& gss,
+                                     const std::vector<c10::optional<at::Tensor>>& biases) {
+  const size_t n = kinds.size();
+  TORCH_CHECK(ws.size() == n && szs.size() == n && gss.size() == n && biases.size() == n, "one entry per weight");
+  std::vector<Lin> lins;
+  lins.reserve(n);
+  for (size_t i = 0; i < n; ++i) lins.push_back(make_lin(kinds[i], ws[i], szs[i], gss[i], biases[i]));
+  TORCH_CHECK(x.dim() == 2, "x must be [M, K]");
+  const int64_t M = x.size(0), K = x.size(1);
+  std::vector<at::Tensor> ys;
+  std::vector<Seg> segs;
+  for (const Lin& L : lins) {
+    TORCH_CHECK(L.K == K, "x must be [M, ", L.K, "]");
+    ys.push_back(at::empty({M, L.N}, x.options().dtype(at::kFloat)));
+    segs.push_back(Seg{&L, ys.back().data_ptr<float>(), L.N});
+  }
+  if (M == 0) return ys;
+  ActBuf buf;
+  at::Tensor xc;
+  if (x.scalar_type() == at::kBFloat16) {
+    xc = x.contiguous();
+    buf.from_bf16(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), M, K);
+  } else {
+    xc = as_f32(x);
+    buf.from_f32(xc.data_ptr<float>(), M, K);
+  }
+  gemm_multi(segs, buf.act, M);
+  return ys;
+}
+
+// --- paged attention for decode rows ----------------------------------------------------------------
+// One new token per row: rotate q and k (HF's rotate_half convention, fp32, no fused multiply-adds, as the
+// elementwise torch ops compute it), write k and v into the row's slot of the paged pool, then attend over
+// the row's ctx positions, read block by block through its table: softmax(q.k * scale) . v in fp32. It
+// replaces a gather of every row's blocks into a padded buffer, a mask and two batched matmuls per layer.
+at::Tensor paged_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::Tensor kpool,
+                           at::Tensor vpool, const at::Tensor& slots_in, const at::Tensor& tables_in,
+                           const at::Tensor& ctx_in, const at::Tensor& cos_in, const at::Tensor& sin_in,
+                           int64_t block_size, double scale_d) {
+  // copies: q and k are rotated in these buffers, never in the caller's tensors
+  at::Tensor q = q_in.to(at::kFloat, false, true).contiguous(), k = k_in.to(at::kFloat, false, true).contiguous();
+  at::Tensor v = v_in.to(at::kFloat).contiguous();
+  at::Tensor cos = as_f32(cos_in), sin = as_f32(sin_in);
+  at::Tensor slots = slots_in.to(at::kLong).contiguous(), tables = tables_in.to(at::kLong).contiguous();
+  at::Tensor ctx = ctx_in.to(at::kLong).contiguous();
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q, k, v: [T, heads, D]");
+  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), Hk = k.size(1), Dv = v.size(2);
+  TORCH_CHECK(D % 2 == 0 && H % Hk == 0 && k.size(2) == D, "head shapes do not match");
+  TORCH_CHECK(kpool.scalar_type() == at::kFloat && vpool.scalar_type() == at::kFloat && kpool.is_contiguous() &&
+              vpool.is_contiguous(), "KV pool: contiguous fp32 [Hk, slots, D]");
+  TORCH_CHECK(kpool.size(0) == Hk && kpool.size(2) == D && vpool.size(2) == Dv, "KV pool shape does not match k/v");
+  TORCH_CHECK(cos.size(0) == T && cos.size(1) == D && sin.sizes() == cos.sizes(), "cos/sin: [T, D]");
+  TORCH_CHECK(slots.numel() == T && ctx.numel() == T && tables.dim() == 2 && tables.size(0) == T, "one slot, table and length per row");
+  const int64_t S = kpool.size(1), nb = tables.size(1), half = D / 2, rep = H / Hk;
+  float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  float *kc = kpool.data_ptr<float>(), *vc = vpool.data_ptr<float>();
+  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  const int64_t *sl = slots.data_ptr<int64_t>(), *tb = tables.data_ptr<int64_t>(), *cx = ctx.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t) {
+    TORCH_CHECK(sl[t] >= 0 && sl[t] < S, "slot out of range");
+    TORCH_CHECK(cx[t] >= 1 && cx[t] <= nb * block_size, "context longer than the row's block table");
+    for (int64_t i = 0; i < cx[t]; i += block_size) {
+      const int64_t blk = tb[t * nb + i / block_size];
+      TORCH_CHECK(blk >= 0 && (blk + 1) * block_size <= S, "block id out of range");
+    }
+    const float *c = cp + t * D, *s = sp + t * D;
+    for (int64_t h = 0; h < H + Hk; ++h) {
+      float* x = h < H ? qp + (t * H + h) * D : kp + (t * Hk + (h - H)) * D;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = x[i], b = x[i + half];
+        const float a1 = a * c[i], b1 = b * s[i], b2 = b * c[i + half], a2 = a * s[i + half];
+        x[i] = a1 - b1;
+        x[i + half] = b2 + a2;
+      }
+    }
+    for (int64_t h = 0; h < Hk; ++h) {
+      std::memcpy(kc + (h * S + sl[t]) * D, kp + (t * Hk + h) * D, D * sizeof(float));
+      std::memcpy(vc + (h * S + sl[t]) * Dv, vp + (t * Hk + h) * Dv, Dv * sizeof(float));
+    }
+  }
+  at::Tensor out = at::empty({T, H * Dv}, q.options());
+  float* op = out.data_ptr<float>();
+  const float scale = static_cast<float>(scale_d);
+  at::parallel_for(0, T * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> sc;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i / H, h = i % H, kvh = h / rep, n = cx[t];
+      sc.resize(n);
+      const float* qh = qp + (t * H + h) * D;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t slot = tb[t * nb + j / block_size] * block_size + j % block_size;
+        const float* kr = kc + (kvh * S + slot) * D;
+        float acc = 0.f;
+        if (D % 16 == 0) {
+          __m512 a = _mm512_setzero_ps();
+          for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + d), _mm512_loadu_ps(kr + d), a);
+          acc = _mm512_reduce_add_ps(a);
+        } else {
+          for (int64_t d = 0; d < D; ++d) acc += qh[d] * kr[d];
+        }
+        sc[j] = acc * scale;
+        mx = std::max(mx, sc[j]);
+      }
+      float den = 0.f;
+      for (int64_t j = 0; j < n; ++j) den += (sc[j] = std::exp(sc[j] - mx));
+      const float inv = 1.0f / den;
+      float* o = op + t * H * Dv + h * Dv;
+      for (int64_t d = 0; d < Dv; ++d) o[d] = 0.f;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t slot = tb[t * nb + j / block_size] * block_size + j % block_size;
+        const float* vr = vc + (kvh * S + slot) * Dv;
+        const float p = sc[j] * inv;
+        if (Dv % 16 == 0) {
+          for (int64_t d = 0; d < Dv; d += 16)
+            _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_set1_ps(p), _mm512_loadu_ps(vr + d), _mm512_loadu_ps(o + d)));
+        } else {
+          for (int64_t d = 0; d < Dv; ++d) o[d] += p * vr[d];
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "y = x @ W^T (+ bias) in fp32 for int4 (kind 0), bf16 (1), fp32 (2) or int8-row (3) weights",
         py::arg("x"), py::arg("kind"), py::arg("w"), py::arg("sz"), py::arg("group_size"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
+  m.def("linear_multi", &linear_multi, "several `linear`s on the same x in one parallel region",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("paged_attention", &paged_attention, "rope, KV write and attention over a paged pool for one new token per row",
+        py::call_guard<py::gil_scoped_release>());
 }

@@ -184,3 +184,42 @@ def test_a_broken_cached_build_is_rebuilt_not_trusted(tmp_path):
     assert out.stdout.split() == ["True", "None", "False", "64.0"]
     again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert again.stdout.split() == ["True", "None", "True", "64.0"]  # from the disk cache this time
+
+
+def _rope_ref(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+@needs_ops
+def test_paged_attention_matches_a_gathered_softmax_reference():
+    torch.manual_seed(9)
+    T, H, Hk, D, bs, blocks = 5, 6, 2, 32, 4, 40
+    S = blocks * bs
+    kpool, vpool = torch.randn(Hk, S, D), torch.randn(Hk, S, D)
+    ctx = [1, 3, 9, 16, 13]
+    perm = torch.randperm(blocks)  # rows own disjoint, scattered blocks
+    tables, used = torch.zeros(T, 4, dtype=torch.long), 0
+    for t, n in enumerate(ctx):
+        nb = -(-n // bs)
+        tables[t, :nb] = perm[used:used + nb]
+        used += nb
+    slots = torch.tensor([int(tables[t, (n - 1) // bs]) * bs + (n - 1) % bs for t, n in enumerate(ctx)])
+    q, k, v = torch.randn(T, H, D), torch.randn(T, Hk, D), torch.randn(T, Hk, D)
+    cos, sin = torch.randn(T, D), torch.randn(T, D)
+    kp, vp = kpool.clone(), vpool.clone()
+    out = ops.paged_attention(q, k, v, kp, vp, slots, tables, torch.tensor(ctx), cos, sin, bs, D ** -0.5)
+    qr, kr = _rope_ref(q, cos[:, None], sin[:, None]), _rope_ref(k, cos[:, None], sin[:, None])
+    for t, n in enumerate(ctx):
+        assert torch.equal(kp[:, slots[t]], kr[t]) and torch.equal(vp[:, slots[t]], v[t])  # rotated k, raw v written
+        pos = torch.arange(n)
+        idx = tables[t, pos // bs] * bs + pos % bs
+        K, V = kp[:, idx], vp[:, idx]  # [Hk, n, D]
+        for h in range(H):
+            p = torch.softmax((K[h // (H // Hk)] @ qr[t, h]) * D ** -0.5, dim=-1)
+            assert torch.allclose(out[t, h * D:(h + 1) * D], p @ V[h // (H // Hk)], rtol=1e-5, atol=1e-5)
+    untouched = torch.ones(S, dtype=torch.bool)
+    untouched[slots] = False
+    assert torch.equal(kp[:, untouched], kpool[:, untouched]) and torch.equal(vp[:, untouched], vpool[:, untouched])
+    with pytest.raises(RuntimeError, match="block table"):
+        ops.paged_attention(q, k, v, kp, vp, slots, tables, torch.tensor([1, 3, 9, 17, 13]), cos, sin, bs, 0.1)

@@ -176,3 +176,50 @@ def test_split_by_context_is_optimal_and_complete():
         assert cost(parts, nb, g) == best
     assert len(split_by_context([0, 1, 2, 3], [1, 1, 40, 40], 0)) == 2  # short and long contexts apart
     assert split_by_context([0, 1, 2], [1, 2, 40], 10**6) == [[0, 1, 2]]  # overhead dominates: one group
+
+
+def _fused_or_skip(model, pool):
+    import pytest
+
+    runner = ModelRunner(model, pool)
+    if not runner.fused_decode:
+        pytest.skip(f"fused decode path unavailable: {runner.fused_why}")
+    return runner
+
+
+def test_fused_decode_matches_generate_and_the_general_path():
+    """fp32 pool + sizewise's kernels: decode-only steps take _decode_fused (paged-attention kernel)."""
+    model = tiny.tiny_llama(seed=5, dtype=torch.float32)
+    prompts = tiny.prompts(8, seed=6)
+    ref = [tiny.hf_greedy(model, p, 8) for p in prompts]
+    _fused_or_skip(model, KVPool(kv_layout(model), 400, 4))
+    assert [greedy(model, [p], 8)[0] for p in prompts] == ref
+    assert greedy(model, prompts, 8) == ref
+    # one decode step, fused against the general path, from identical pools
+    runs = []
+    for fused in (True, False):
+        pool = KVPool(kv_layout(model), 400, 4)
+        r = ModelRunner(model, pool)
+        r.fused_decode = fused
+        first = r.forward([StepInput(i, list(p), 0) for i, p in enumerate(prompts)]).argmax(-1).tolist()
+        logits = r.forward([StepInput(i, [t], len(p)) for i, (p, t) in enumerate(zip(prompts, first))])
+        runs.append((logits, pool))
+    (a, pa), (b, pb) = runs
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(pa.k + pa.v, pb.k + pb.v))
+
+
+def test_int4_model_serves_the_same_tokens_alone_and_batched():
+    """int4 weights on sizewise's kernel (q/k/v and gate/up in one call each): a sequence's tokens do not
+    depend on which others share its batch, and match generate() on the same compressed model."""
+    import copy
+
+    from sizewise.compression.apply import compress
+    from sizewise.compression.recipes import get_recipe
+
+    model = compress(copy.deepcopy(tiny.tiny_llama(seed=7, dtype=torch.float32)), get_recipe("int4-g32"))
+    _fused_or_skip(model, KVPool(kv_layout(model), 400, 4))
+    prompts = tiny.prompts(6, seed=8)
+    alone = [greedy(model, [p], 8)[0] for p in prompts]
+    assert greedy(model, prompts, 8) == alone
+    assert alone == [tiny.hf_greedy(model, p, 8) for p in prompts]
