@@ -373,7 +373,7 @@ class Int4WeightOnlyLinear(PackedLinear):
             raise ValueError(why)
         self.group_size = group_size
         # sizewise's kernel where it is built and the shape suits it, else aten's; one layout is kept, not both
-        self._own = own_int4_kernel(k, group_size)
+        self._own = own_int4_kernel(k, group_size) and n % 4 == 0
         if self._own:
             self.register_buffer("weight_q4", kernels.pack_q4(q), persistent=False)  # uint8 [N, K/2]
         else:
@@ -381,8 +381,11 @@ class Int4WeightOnlyLinear(PackedLinear):
         self.register_buffer("weight_scale", scale.to(Q.SCALE_DTYPE).contiguous())  # [N, K/g]
 
     def _set_sz(self, sz: torch.Tensor) -> None:
-        """(scale, zero) bf16 [G, N, 2] with w = (q - 8) * scale + zero: aten's layout, or [N, G, 2] for ours."""
-        self.register_buffer("_sz", sz.transpose(0, 1).contiguous() if self._own else sz, persistent=False)
+        """(scale, zero) bf16 [G, N, 2] with w = (q - 8) * scale + zero: aten's layout, or ours (kernels.rows_scales)."""
+        if self._own:
+            t = sz.transpose(0, 1)  # [N, G, 2]
+            sz = kernels.rows_scales(t[..., 0], t[..., 1])
+        self.register_buffer("_sz", sz, persistent=False)
 
     @property
     def scheme(self) -> str:  # type: ignore[override]

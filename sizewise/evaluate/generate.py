@@ -7,6 +7,11 @@ same block) this module runs the model's own modules (so packed quantized Linear
 real kernels) through a nanoGPT/gpt-fast-shaped forward: preallocated KV cache, precomputed
 rotary tables, fused `F.rms_norm` and SDPA. Other architectures fall back to HF with a
 `DynamicCache`. Tests check the lean loop emits the same tokens as HF's forward.
+
+One-token steps take kernels/decode.py where sizewise's CPU kernels are built and the model allows it
+(fp32 stream, RMSNorm, no q/k norms): the serving runner's fused decode layer, with this cache seen as a
+paged pool of one block per row. The cache is stored head-major, [kv_heads, batch * max_len, head_dim],
+for that reason; `_kv` gives the [batch, kv_heads, max_len, head_dim] view the other paths use.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ class _Layer:
     gate: torch.nn.Module
     up: torch.nn.Module
     down: torch.nn.Module
+    norms: tuple = ()
+    attn: torch.nn.Module | None = None
 
 
 def _eps(norm) -> float:
@@ -52,7 +59,9 @@ def _eps(norm) -> float:
 class LeanDecoder:
     """Static-cache greedy decoding over a Llama-family HF model's modules."""
 
-    def __init__(self, model, batch: int, max_len: int):
+    def __init__(self, model, batch: int, max_len: int, fused: bool = True):
+        """fused: one-token steps through kernels/decode.py where the model allows it (`fused_why` says why
+        not); False keeps every step on this module's torch path (the tests compare the two)."""
         cfg = model.config
         self.model = model
         base = model.model
@@ -70,10 +79,10 @@ class LeanDecoder:
                 blk.input_layernorm.weight, _eps(blk.input_layernorm), a.q_proj, a.k_proj, a.v_proj, a.o_proj,
                 getattr(a, "q_norm", None), getattr(a, "k_norm", None),
                 blk.post_attention_layernorm.weight, _eps(blk.post_attention_layernorm),
-                m.gate_proj, m.up_proj, m.down_proj))
+                m.gate_proj, m.up_proj, m.down_proj, (blk.input_layernorm, blk.post_attention_layernorm), a))
         self.act = m.act_fn
         self.batch, self.max_len = batch, max_len
-        shape = (batch, self.n_kv, max_len, self.head_dim)
+        shape = (self.n_kv, batch * max_len, self.head_dim)  # head-major: a paged pool of one block per row
         self.k_cache = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
         pos = torch.arange(max_len)[None]
@@ -81,6 +90,41 @@ class LeanDecoder:
             cos, sin = base.rotary_emb(torch.zeros(1, dtype=self.dtype), position_ids=pos)
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
         self.pos = 0
+        self._plans = None
+        self.fused_why = "not asked for" if not fused else self._fused_check()
+
+    def _fused_check(self) -> str | None:
+        from sizewise.kernels import decode
+
+        if not all(isinstance(L.attn, torch.nn.Module) for L in self.layers):
+            return "attention modules not found"
+        return decode.why_not(self.dtype, [n for L in self.layers for n in L.norms], [L.attn for L in self.layers],
+                              bool(getattr(self.model.config, "rope_interleave", False)))
+
+    def _kv(self, cache: torch.Tensor) -> torch.Tensor:
+        """[batch, kv_heads, max_len, head_dim] view of a head-major cache tensor."""
+        return cache.view(self.n_kv, self.batch, self.max_len, self.head_dim).transpose(0, 1)
+
+    def _fused_step(self, ids: torch.Tensor) -> torch.Tensor:
+        """One token per row through kernels/decode.layer; row b's positions are slots b*max_len + p."""
+        from sizewise.kernels import decode
+
+        if self._plans is None:
+            self._plans = [decode.LayerPlan.build(*L.norms, L.q, L.k, L.v, L.o, L.gate, L.up, L.down, self.act,
+                                                  getattr(L.attn, "scaling", self.head_dim ** -0.5))
+                           for L in self.layers]
+        b = ids.shape[0]
+        p = self.pos
+        rows = torch.arange(b)
+        slots, tables = rows * self.max_len + p, rows[:, None]
+        ctx = torch.full((b,), p + 1, dtype=torch.long)
+        cos, sin = self.cos[p:p + 1].expand(b, -1), self.sin[p:p + 1].expand(b, -1)
+        h = self.embed(ids[:, 0]).to(self.dtype)
+        for i, plan in enumerate(self._plans):
+            h = decode.layer(plan, h, self.head_dim, self.k_cache[i], self.v_cache[i], slots, tables, ctx, cos, sin,
+                             self.max_len)
+        h = F.rms_norm(h, (h.shape[-1],), self.norm_w, self.norm_eps)
+        return self.head(h)
 
     def reset(self) -> None:
         self.pos = 0  # stale cache entries past pos are never read
@@ -93,6 +137,7 @@ class LeanDecoder:
         import time
 
         self._arange = torch.arange(self.max_len)
+        self.fused_why = "torch.compile asked for"
         # a fresh dynamo cache per decoder: every variant/batch re-traces the same code object, and past
         # the recompile limit dynamo silently runs it eagerly (seen as a 0.02 s "compile" of the third variant)
         torch._dynamo.reset()
@@ -119,9 +164,10 @@ class LeanDecoder:
                 q, k = L.q_norm(q), L.k_norm(k)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            self.k_cache[i].index_copy_(2, pos_t, k)
-            self.v_cache[i].index_copy_(2, pos_t, v)
-            y = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
+            kc, vc = self._kv(self.k_cache[i]), self._kv(self.v_cache[i])
+            kc.index_copy_(2, pos_t, k)
+            vc.index_copy_(2, pos_t, v)
+            y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask,
                                                enable_gqa=self.n_kv != self.n_heads)
             x = x + L.o(y.transpose(1, 2).reshape(b, 1, self.n_heads * self.head_dim))
             h = F.rms_norm(x, (hs,), L.ln2_w, L.ln2_eps)
@@ -140,9 +186,10 @@ class LeanDecoder:
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         cos, sin = self.cos[p:p + t], self.sin[p:p + t]
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-        self.k_cache[i][:, :, p:p + t] = k
-        self.v_cache[i][:, :, p:p + t] = v
-        kc, vc = self.k_cache[i][:, :, :p + t], self.v_cache[i][:, :, :p + t]
+        kall, vall = self._kv(self.k_cache[i]), self._kv(self.v_cache[i])
+        kall[:b, :, p:p + t] = k
+        vall[:b, :, p:p + t] = v
+        kc, vc = kall[:b, :, :p + t], vall[:b, :, :p + t]
         y = F.scaled_dot_product_attention(q, kc, vc, is_causal=t > 1, enable_gqa=self.n_kv != self.n_heads)
         return L.o(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
@@ -152,6 +199,10 @@ class LeanDecoder:
         t = ids.shape[1]
         if self.pos + t > self.max_len:
             raise ValueError(f"cache holds {self.max_len} positions; asked for {self.pos + t}")
+        if t == 1 and last_only and self.fused_why is None and getattr(self, "_step_c", None) is None:
+            out = self._fused_step(ids)
+            self.pos += 1
+            return out
         if t == 1 and last_only and getattr(self, "_step_c", None) is not None:
             out = self._step_c(ids, torch.tensor([self.pos]))
             self.pos += 1
@@ -191,15 +242,16 @@ class HFDecoder:
         return out.logits[:, -1].float() if last_only else out.logits.float()
 
 
-def make_decoder(model, batch: int, max_len: int, lean: bool | None = None):
-    """The lean static-cache loop where the architecture allows it, else HF's forward."""
+def make_decoder(model, batch: int, max_len: int, lean: bool | None = None, fused: bool = True):
+    """The lean static-cache loop where the architecture allows it (its one-token steps fused on sizewise's
+    kernels where the model allows that), else HF's forward."""
     mt = getattr(getattr(model, "config", None), "model_type", None)
     ok = mt in LEAN_TYPES and hasattr(model, "model") and hasattr(model.model, "rotary_emb")
     if lean is None:
         lean = ok
     if lean and not ok:
         raise ValueError(f"the lean decode loop does not cover model_type={mt!r}")
-    return (LeanDecoder if lean else HFDecoder)(model, batch, max_len)
+    return LeanDecoder(model, batch, max_len, fused=fused) if lean else HFDecoder(model, batch, max_len)
 
 
 def greedy(decoder, prompt: torch.Tensor, n_new: int,

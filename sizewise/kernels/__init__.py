@@ -145,23 +145,28 @@ def load_seconds() -> tuple[float, bool] | None:
 
 
 def pack_q4(q: torch.Tensor) -> torch.Tensor:
-    """int codes [N, K] in 0..15 -> the kernels' layout uint8 [N, K/2]: in each 32-wide chunk, byte j holds
-    code j in its low nibble and code j+16 in its high one (so one 16-byte load widens to both halves)."""
+    """int codes [N, K] in 0..15 -> the kernel's layout, uint8 [N, K/2] in storage order: rows interleaved in
+    fours (rows 4i..4i+3 of a 32-wide chunk fill one 64-byte cache line, so a thread reads one sequential
+    stream), and within a row's 16 bytes of a chunk, byte j holds code j (low nibble) and code j + 16 (high),
+    so one 16-byte load widens to the chunk's 32 codes in order."""
     n, k = q.shape
-    if k % 32:
-        raise ValueError(f"input dim {k} is not a multiple of 32")
+    if k % 32 or n % 4:
+        raise ValueError(f"int4 kernel layout needs rows in fours and a multiple-of-32 input dim (got {n} x {k})")
     c = q.to(torch.uint8).reshape(n, k // 32, 2, 16)
-    return (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+    b = c[:, :, 0] | (c[:, :, 1] << 4)  # [N, K/32, 16]
+    return b.reshape(n // 4, 4, k // 32, 16).transpose(1, 2).contiguous().reshape(n, k // 2)
 
 
 def unpack_q4(p: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of pack_q4 -> int32 [N, K]."""
     n = p.shape[0]
-    b = p.reshape(n, k // 32, 16).to(torch.int32)
+    b = p.reshape(n // 4, k // 32, 4, 16).transpose(1, 2).reshape(n, k // 32, 16).to(torch.int32)
     return torch.stack([b & 0xF, b >> 4], dim=2).reshape(n, k)
 
 
 def rows_scales(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """bf16 [N, G] scale and float zero (w = (q - 8) * scale + zero) -> the kernels' [N, G, 2] bf16."""
-    return torch.stack([scale.to(torch.bfloat16), zero.to(torch.bfloat16)], dim=-1).contiguous()
-
+    """bf16 [N, G] scale and float zero (w = (q - 8) * scale + zero) -> the kernel's layout, bf16 [N, G, 2] in
+    storage order [N/4, G, 4, 2] (rows interleaved in fours, as pack_q4)."""
+    n, g = scale.shape
+    sz = torch.stack([scale.to(torch.bfloat16), zero.to(torch.bfloat16)], dim=-1)  # [N, G, 2]
+    return sz.reshape(n // 4, 4, g, 2).transpose(1, 2).contiguous().reshape(n, g, 2)

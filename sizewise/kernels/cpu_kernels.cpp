@@ -25,8 +25,12 @@ enum Kind : int { Q4 = 0, BF16 = 1, F32 = 2, I8 = 3 };
 struct Lin {
   int kind = F32;
   int64_t N = 0, K = 0, gs = 32;
-  const uint8_t* q = nullptr;     // Q4: [N, K/2], each 32-chunk: byte j = q[j] | q[j+16] << 4
-  const uint16_t* sz = nullptr;   // Q4: [N, K/gs, 2] bf16 (scale, zero): w = (q - 8) * scale + zero
+  // Q4, rows interleaved in fours so that a thread's weights are one sequential stream: for rows 4i..4i+3
+  // and 32-wide chunk c, 64 bytes (one cache line) at (i * K/32 + c) * 64, row r's 16 bytes at r * 16, byte j
+  // holding code j (low nibble) and code j + 16 (high); scales the same way, [N/4, K/gs, 4, 2] bf16 (scale,
+  // zero) with w = (q - 8) * scale + zero. kernels.pack_q4 / rows_scales write these layouts.
+  const uint8_t* q = nullptr;
+  const uint16_t* sz = nullptr;
   const uint16_t* wb = nullptr;   // BF16: [N, K]
   const float* wf = nullptr;      // F32: [N, K]
   const int8_t* q8 = nullptr;     // I8: [N, K] with one scale per row: w = q * rs[n]
@@ -47,6 +51,7 @@ struct Act {
 // Weights stream from memory once per token (the bundled model's 122 MB do not fit a 32 MB L3); reading
 // each row's chunk 8 rows ahead took the 576x1536 down projection from 1.6-1.9 to 0.9-1.0 ms per token.
 constexpr int PREFETCH_ROWS = 8;
+constexpr int PREFETCH_LINES = 16;  // int4: the interleaved stream, 16 cache lines ahead
 
 inline float bf16f(uint16_t v) {
   uint32_t u = static_cast<uint32_t>(v) << 16;
@@ -87,7 +92,8 @@ inline void block_q4(const Lin& w, const Act& a, int64_t m0, float* y, int64_t l
     __m512 sc[RN];
     float zr[RN];
     for (int r = 0; r < RN; ++r) {
-      const uint16_t* p = w.sz + ((n0 + r) * G + g) * 2;
+      const int64_t n = n0 + r;
+      const uint16_t* p = w.sz + (((n / 4) * G + g) * 4 + n % 4) * 2;
       sc[r] = _mm512_set1_ps(bf16f(p[0]));
       zr[r] = bf16f(p[1]);
     }
@@ -95,8 +101,9 @@ inline void block_q4(const Lin& w, const Act& a, int64_t m0, float* y, int64_t l
       __m512i xv[TM];
       for (int t = 0; t < TM; ++t) xv[t] = _mm512_loadu_si512(a.xb + (m0 + t) * a.K + c * 32);
       for (int r = 0; r < RN; ++r) {
-        const uint8_t* qp = w.q + (n0 + r) * (w.K / 2) + c * 16;
-        _mm_prefetch(reinterpret_cast<const char*>(qp + PREFETCH_ROWS * (w.K / 2)), _MM_HINT_T0);
+        const int64_t n = n0 + r;
+        const uint8_t* qp = w.q + ((n / 4) * chunks + c) * 64 + (n % 4) * 16;
+        if (r == 0) _mm_prefetch(reinterpret_cast<const char*>(qp + PREFETCH_LINES * 64), _MM_HINT_T0);
         __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qp));
         __m256i wd = _mm256_cvtepu8_epi16(b);
         __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(wd, _mm256_set1_epi16(15))),
@@ -278,6 +285,7 @@ Lin make_lin(int64_t kind, const at::Tensor& w, const at::Tensor& sz, int64_t gs
   L.keep.push_back(w);
   if (kind == Q4) {
     TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2, "int4 codes: uint8 [N, K/2]");
+    TORCH_CHECK(w.size(0) % 4 == 0, "int4 rows must come in fours (the interleaved layout)");
     TORCH_CHECK(sz.scalar_type() == at::kBFloat16 && sz.is_contiguous(), "int4 scales: contiguous bf16 [N, G, 2]");
     L.N = w.size(0);
     L.K = w.size(1) * 2;
@@ -466,12 +474,75 @@ at::Tensor paged_attention(const at::Tensor& q_in, const at::Tensor& k_in, const
   return out;
 }
 
+// --- one decoder layer for decode rows ---------------------------------------------------------------
+inline void rms_norm_rows(const float* x, const float* w, float eps, float* y, int64_t B, int64_t H) {
+  for (int64_t b = 0; b < B; ++b) {
+    double ss = 0;  // in double: the mean of H squares does not depend on the summation order at fp32 precision
+    for (int64_t i = 0; i < H; ++i) ss += static_cast<double>(x[b * H + i]) * x[b * H + i];
+    const float r = 1.0f / std::sqrt(static_cast<float>(ss / H) + eps);
+    for (int64_t i = 0; i < H; ++i) y[b * H + i] = (x[b * H + i] * r) * w[i];
+  }
+}
+
+// h [B, H] fp32 -> h after one Llama-family layer, one new token per row: RMSNorm, q/k/v in one parallel
+// region, paged_attention, o, residual, RMSNorm, gate/up in one region, SiLU(gate) * up, down, residual.
+// Weights: 7 (kind, tensor, scales, group size, bias) in the order q k v o gate up down.
+at::Tensor decode_layer(const at::Tensor& h_in, const at::Tensor& n1w, double eps1, const at::Tensor& n2w, double eps2,
+                        const std::vector<int64_t>& kinds, const std::vector<at::Tensor>& ws,
+                        const std::vector<at::Tensor>& szs, const std::vector<int64_t>& gss,
+                        const std::vector<c10::optional<at::Tensor>>& biases, at::Tensor kpool, at::Tensor vpool,
+                        const at::Tensor& slots, const at::Tensor& tables, const at::Tensor& ctx,
+                        const at::Tensor& cos, const at::Tensor& sin, int64_t block_size, double scale,
+                        int64_t head_dim) {
+  TORCH_CHECK(kinds.size() == 7 && ws.size() == 7 && szs.size() == 7 && gss.size() == 7 && biases.size() == 7,
+              "7 weights: q k v o gate up down");
+  at::Tensor h = h_in.to(at::kFloat, false, true).contiguous();
+  TORCH_CHECK(h.dim() == 2, "h must be [B, hidden]");
+  const int64_t B = h.size(0), H = h.size(1);
+  std::vector<Lin> L;
+  L.reserve(7);
+  for (int i = 0; i < 7; ++i) L.push_back(make_lin(kinds[i], ws[i], szs[i], gss[i], biases[i]));
+  const int64_t nq = L[0].N, nk = L[1].N, nv = L[2].N, I = L[4].N;
+  TORCH_CHECK(L[0].K == H && L[1].K == H && L[2].K == H && L[4].K == H && L[5].K == H && L[5].N == I &&
+              L[3].N == H && L[6].N == H && L[6].K == I, "projection shapes do not fit a Llama layer");
+  at::Tensor w1 = as_f32(n1w), w2 = as_f32(n2w);
+  auto opt = h.options();
+  at::Tensor x = at::empty({B, H}, opt), q = at::empty({B, nq}, opt), k = at::empty({B, nk}, opt),
+             v = at::empty({B, nv}, opt), g = at::empty({B, I}, opt), u = at::empty({B, I}, opt),
+             t = at::empty({B, H}, opt);
+  float *hp = h.data_ptr<float>(), *xp = x.data_ptr<float>(), *tp = t.data_ptr<float>();
+  rms_norm_rows(hp, w1.data_ptr<float>(), static_cast<float>(eps1), xp, B, H);
+  ActBuf buf;
+  buf.from_f32(xp, B, H);
+  gemm_multi({Seg{&L[0], q.data_ptr<float>(), nq}, Seg{&L[1], k.data_ptr<float>(), nk}, Seg{&L[2], v.data_ptr<float>(), nv}},
+             buf.act, B);
+  at::Tensor o = paged_attention(q.view({B, -1, head_dim}), k.view({B, -1, head_dim}), v.view({B, -1, head_dim}), kpool,
+                                 vpool, slots, tables, ctx, cos, sin, block_size, scale);
+  TORCH_CHECK(o.size(1) == L[3].K, "attention output does not fit o_proj");
+  ActBuf bo;
+  bo.from_f32(o.data_ptr<float>(), B, o.size(1));
+  gemm_multi({Seg{&L[3], tp, H}}, bo.act, B);
+  for (int64_t i = 0; i < B * H; ++i) hp[i] += tp[i];
+  rms_norm_rows(hp, w2.data_ptr<float>(), static_cast<float>(eps2), xp, B, H);
+  buf.from_f32(xp, B, H);
+  gemm_multi({Seg{&L[4], g.data_ptr<float>(), I}, Seg{&L[5], u.data_ptr<float>(), I}}, buf.act, B);
+  float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
+  for (int64_t i = 0; i < B * I; ++i) gp[i] = (gp[i] / (1.0f + std::exp(-gp[i]))) * up[i];
+  ActBuf bi;
+  bi.from_f32(gp, B, I);
+  gemm_multi({Seg{&L[6], tp, H}}, bi.act, B);
+  for (int64_t i = 0; i < B * H; ++i) hp[i] += tp[i];
+  return h;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "y = x @ W^T (+ bias) in fp32 for int4 (kind 0), bf16 (1), fp32 (2) or int8-row (3) weights",
         py::arg("x"), py::arg("kind"), py::arg("w"), py::arg("sz"), py::arg("group_size"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
   m.def("linear_multi", &linear_multi, "several `linear`s on the same x in one parallel region",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("decode_layer", &decode_layer, "one Llama-family layer for one new token per row (see the source)",
         py::call_guard<py::gil_scoped_release>());
   m.def("paged_attention", &paged_attention, "rope, KV write and attention over a paged pool for one new token per row",
         py::call_guard<py::gil_scoped_release>());

@@ -77,18 +77,6 @@ def _rope_interleave(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def _kernel_specs(mods) -> tuple | None:
-    """(kinds, weights, scales, group sizes, biases) for kernels.linear_multi when every module is an int4
-    Linear on sizewise's kernel with bf16 activations (exactly what its forward would compute), else None."""
-    from sizewise.compression.packed import Int4WeightOnlyLinear
-    from sizewise import kernels
-
-    if not all(isinstance(m, Int4WeightOnlyLinear) and m._own and m.act_dtype == torch.bfloat16 for m in mods):
-        return None
-    return ([kernels.Q4] * len(mods), [m.weight_q4 for m in mods], [m._sz for m in mods],
-            [m.group_size for m in mods], [m.bias for m in mods])
-
-
 def split_by_context(rows: list[int], blocks: list[int], group_cost: int = 48) -> list[list[int]]:
     """Partition decode rows into groups of similar context so each group's gather and attention pad
     to its own longest context, not the batch's. Minimises sum(len(group) * max blocks) plus
@@ -123,31 +111,18 @@ class ModelRunner:
             raise SizewiseError(f"KV pool layout {pool.layout} does not match the model's {lay}")
         self.cfg = model.config
         self.fused_decode, self.fused_why = self._fused_decode_check()
-        self._plans = None  # per layer: kernel specs of q/k/v and gate/up where all are int4 on sizewise's kernel
+        self._plans = None  # per layer: kernels/decode.LayerPlan, built on the first fused decode step
 
     def _fused_decode_check(self) -> tuple[bool, str | None]:
-        """Whether decode-only steps can take `_decode_fused` (sizewise's paged-attention kernel, F.rms_norm),
-        and why not."""
-        from sizewise import kernels
+        """Whether decode-only steps can take `_decode_fused` (kernels/decode.py), and why not."""
+        from sizewise.kernels import decode
 
-        if kernels.ops() is None:
-            return False, kernels.why_not()
         if self.mla:
             return False, "MLA attention"
-        if self.pool.layout.dtype != torch.float32:
-            return False, f"the KV pool holds {self.pool.layout.dtype} (the fused path reads fp32)"
-        if bool(getattr(self.cfg, "rope_interleave", False)):
-            return False, "interleaved rotary pairs"
-        for layer in self.dec.layers:
-            a = layer.self_attn
-            if hasattr(a, "q_norm") or not all(hasattr(a, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
-                return False, "per-head q/k norms or a non-standard attention block"
-            if getattr(a, "sliding_window", None):
-                return False, "sliding-window attention"
-            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-                if not hasattr(norm, "variance_epsilon") or getattr(norm, "weight", None) is None:
-                    return False, f"{type(norm).__name__} is not an RMSNorm with a weight"
-        return True, None
+        why = decode.why_not(self.pool.layout.dtype,
+                             [n for L in self.dec.layers for n in (L.input_layernorm, L.post_attention_layernorm)],
+                             [L.self_attn for L in self.dec.layers], bool(getattr(self.cfg, "rope_interleave", False)))
+        return why is None, why
 
     @torch.inference_mode()
     def forward(self, batch: list[StepInput]) -> torch.Tensor:
@@ -202,19 +177,15 @@ class ModelRunner:
         return self.model.lm_head(h).float()
 
     def _decode_fused(self, batch: list[StepInput], ctx: list[int]) -> torch.Tensor:
-        """One new token per row: the Linear layers and MLPs as modules (so packed kernels run), norms as
-        F.rms_norm, and rotary + KV write + attention over the paged pool in one kernel call per layer
-        (kernels.paged_attention). About 15 torch calls per layer instead of ~60 on the general path."""
-        import torch.nn.functional as F
+        """One new token per row through kernels/decode.layer: about a dozen torch calls per layer instead of
+        ~60 on the general path, attention read straight from the paged pool through each row's block table."""
+        from sizewise.kernels import decode
 
-        from sizewise import kernels
-
-        ops = kernels.loaded()
         if self._plans is None:
-            self._plans = [(_kernel_specs([L.self_attn.q_proj, L.self_attn.k_proj, L.self_attn.v_proj]),
-                            _kernel_specs([L.mlp.gate_proj, L.mlp.up_proj]),
-                            getattr(L.mlp, "act_fn", None)) for L in self.dec.layers]
-        B = len(batch)
+            self._plans = [decode.LayerPlan.build(L.input_layernorm, L.post_attention_layernorm, L.self_attn.q_proj,
+                                                  L.self_attn.k_proj, L.self_attn.v_proj, L.self_attn.o_proj,
+                                                  L.mlp.gate_proj, L.mlp.up_proj, L.mlp.down_proj, L.mlp.act_fn,
+                                                  L.self_attn.scaling) for L in self.dec.layers]
         ids = torch.tensor([s.tokens[0] for s in batch], dtype=torch.long)
         pos = torch.tensor([s.start for s in batch], dtype=torch.long)
         slots = torch.tensor([self.pool.slots(s.seq_id, s.start, s.start + 1)[0] for s in batch], dtype=torch.long)
@@ -222,28 +193,11 @@ class ModelRunner:
         ctx_t = torch.tensor(ctx, dtype=torch.long)
         h = self.dec.embed_tokens(ids[None])  # [1, B, hidden]
         cos, sin = self.dec.rotary_emb(h, pos[None])
-        cos, sin = cos[0], sin[0]
-        hs = h.shape[-1]
-        hd = self.pool.layout.head_dim
-        bs = self.pool.block_size
-        for li, layer in enumerate(self.dec.layers):
-            a, n1, n2 = layer.self_attn, layer.input_layernorm, layer.post_attention_layernorm
-            qkv_spec, gu_spec, act = self._plans[li]
-            x = F.rms_norm(h, (hs,), n1.weight, n1.variance_epsilon)
-            if qkv_spec is not None:  # one kernel call (one parallel region) for q, k and v
-                q, k, v = ops.linear_multi(x[0], *qkv_spec)
-            else:
-                q, k, v = a.q_proj(x)[0], a.k_proj(x)[0], a.v_proj(x)[0]
-            o = ops.paged_attention(q.view(B, -1, hd), k.view(B, -1, hd), v.view(B, -1, hd), self.pool.k[li],
-                                    self.pool.v[li], slots, tables, ctx_t, cos, sin, bs, float(a.scaling))
-            h = h + a.o_proj(o.to(h.dtype)[None])
-            x = F.rms_norm(h, (hs,), n2.weight, n2.variance_epsilon)
-            if gu_spec is not None and act is not None:
-                g, u = ops.linear_multi(x[0], *gu_spec)
-                h = h + layer.mlp.down_proj((act(g) * u)[None])
-            else:
-                h = h + layer.mlp(x)
-        return self.model.lm_head(self.dec.norm(h[0])).float()
+        h = h[0]
+        for li, plan in enumerate(self._plans):
+            h = decode.layer(plan, h, self.pool.layout.head_dim, self.pool.k[li], self.pool.v[li], slots, tables,
+                             ctx_t, cos[0], sin[0], self.pool.block_size)
+        return self.model.lm_head(self.dec.norm(h)).float()
 
     @staticmethod
     def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:

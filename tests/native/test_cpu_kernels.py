@@ -30,10 +30,17 @@ def test_pack_q4_round_trip_and_layout():
     p = kernels.pack_q4(q)
     assert p.shape == (8, 48) and p.dtype == torch.uint8
     assert torch.equal(kernels.unpack_q4(p, 96), q)
-    # byte j of each 32-wide chunk: code j low, code j + 16 high
-    assert int(p[3, 16 + 5]) == int(q[3, 32 + 5]) | (int(q[3, 32 + 21]) << 4)
-    with pytest.raises(ValueError, match="multiple of 32"):
-        kernels.pack_q4(torch.zeros(2, 48, dtype=torch.int32))
+    # rows in fours share a 64-byte line per 32-wide chunk; byte j of a row's 16: code j low, code j + 16 high
+    row, chunk, j = 6, 1, 5
+    flat = ((row // 4) * (96 // 32) + chunk) * 64 + (row % 4) * 16 + j
+    assert int(p.reshape(-1)[flat]) == int(q[row, 32 * chunk + j]) | (int(q[row, 32 * chunk + 16 + j]) << 4)
+    s, z = torch.rand(8, 3).to(torch.bfloat16), torch.rand(8, 3).to(torch.bfloat16)
+    sz = kernels.rows_scales(s, z).reshape(-1)
+    assert sz[(((row // 4) * 3 + 2) * 4 + row % 4) * 2] == s[row, 2] and sz[(((row // 4) * 3 + 2) * 4 + row % 4) * 2 + 1] == z[row, 2]
+    with pytest.raises(ValueError, match="multiple-of-32"):
+        kernels.pack_q4(torch.zeros(4, 48, dtype=torch.int32))
+    with pytest.raises(ValueError, match="fours"):
+        kernels.pack_q4(torch.zeros(6, 64, dtype=torch.int32))
 
 
 @needs_ops
