@@ -40,10 +40,9 @@ struct Lin {
 };
 
 // M activation rows in the forms the kinds read: bf16 (Q4 and BF16 multiply bf16 activations, as
-// aten's int4 kernel and a bf16 matmul do), their per-32 sums (Q4's zero term), and fp32 (F32, I8).
+// aten's int4 kernel and a bf16 matmul do) and fp32 (F32, I8).
 struct Act {
   const uint16_t* xb = nullptr;  // [M, K]
-  const float* cs = nullptr;     // [M, K/32]
   const float* xf = nullptr;     // [M, K]
   int64_t K = 0;
 };
@@ -78,24 +77,24 @@ inline __m512i q4_lut() {
   return _mm512_load_si512(t);
 }
 
-// Q4: y[t, n] = sum_c scale_g(c) * dot_c + sum_c zero_g(c) * xsum_c, with dot_c = sum over the chunk's 32
-// weights of (q - 8) * x in one vdpbf16ps (the products are exact in fp32). Chunks run in order and
-// every (token, row) pair gets the same instruction sequence whatever TM, RN and the thread split are.
+// Q4: y[t, n] = sum over chunks c of [scale_g(c) * dot_c + zero_g(c) . x_c], with dot_c = sum over the chunk's
+// 32 weights of (q - 8) * x in one vdpbf16ps (the products are exact in fp32) and the zero term a second
+// vdpbf16ps of the broadcast bf16 zero against the same activations. Chunks run in order and every (token,
+// row) pair gets the same instruction sequence whatever TM, RN and the thread split are.
 template <int TM, int RN>
 inline void block_q4(const Lin& w, const Act& a, int64_t m0, float* y, int64_t ldy, int64_t n0, const __m512i& lut) {
   __m512 acc[TM][RN];
-  float zt[TM][RN];
   for (int t = 0; t < TM; ++t)
-    for (int r = 0; r < RN; ++r) acc[t][r] = _mm512_setzero_ps(), zt[t][r] = 0.f;
+    for (int r = 0; r < RN; ++r) acc[t][r] = _mm512_setzero_ps();
   const int64_t chunks = w.K / 32, per_group = w.gs / 32, G = w.K / w.gs;
   for (int64_t g = 0; g < G; ++g) {
     __m512 sc[RN];
-    float zr[RN];
+    __m512bh zb[RN];
     for (int r = 0; r < RN; ++r) {
       const int64_t n = n0 + r;
       const uint16_t* p = w.sz + (((n / 4) * G + g) * 4 + n % 4) * 2;
       sc[r] = _mm512_set1_ps(bf16f(p[0]));
-      zr[r] = bf16f(p[1]);
+      zb[r] = as_bh(_mm512_set1_epi16(static_cast<short>(p[1])));
     }
     for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
       __m512i xv[TM];
@@ -112,14 +111,14 @@ inline void block_q4(const Lin& w, const Act& a, int64_t m0, float* y, int64_t l
         for (int t = 0; t < TM; ++t) {
           __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), wv, as_bh(xv[t]));
           acc[t][r] = _mm512_fmadd_ps(d, sc[r], acc[t][r]);
-          zt[t][r] += zr[r] * a.cs[(m0 + t) * chunks + c];
+          acc[t][r] = _mm512_dpbf16_ps(acc[t][r], zb[r], as_bh(xv[t]));
         }
       }
     }
   }
   for (int t = 0; t < TM; ++t)
     for (int r = 0; r < RN; ++r) {
-      float v = _mm512_reduce_add_ps(acc[t][r]) + zt[t][r];
+      float v = _mm512_reduce_add_ps(acc[t][r]);
       if (w.bias) v += w.bias[n0 + r];
       y[t * ldy + n0 + r] = v;
     }
@@ -217,37 +216,28 @@ inline void rows(const Lin& w, const Act& a, float* y, int64_t ldy, int64_t M, i
   }
 }
 
-// Activation buffers: fp32 in (or bf16 in), the bf16 copy (round to nearest even, as .to(bfloat16)),
-// per-32 sums of the bf16 values, and the fp32 values.
+// Activation buffers: the bf16 copy (round to nearest even, as .to(bfloat16)) and the fp32 values.
 struct ActBuf {
   std::vector<uint16_t> xb;
-  std::vector<float> cs, xf;
+  std::vector<float> xf;
   Act act;
   void from_f32(const float* x, int64_t M, int64_t K) {
     xb.resize(M * K);
-    cs.resize(M * (K / 32));
     for (int64_t i = 0; i < M * K; i += 16) {
       __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + i));
       std::memcpy(xb.data() + i, &b, 32);
     }
-    sums(M, K);
-    act = Act{xb.data(), cs.data(), x, K};
+    act = Act{xb.data(), x, K};
   }
-  void from_bf16(const uint16_t* x, int64_t M, int64_t K) {
+  void from_bf16(const uint16_t* x, int64_t M, int64_t K, bool need_f32) {
     xb.assign(x, x + M * K);
-    xf.resize(M * K);
-    for (int64_t i = 0; i < M * K; ++i) xf[i] = bf16f(x[i]);
-    cs.resize(M * (K / 32));
-    sums(M, K);
-    act = Act{xb.data(), cs.data(), xf.data(), K};
-  }
-  void sums(int64_t M, int64_t K) {
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t c = 0; c < K / 32; ++c) {
-        float s = 0.f;
-        for (int j = 0; j < 32; ++j) s += bf16f(xb[m * K + c * 32 + j]);
-        cs[m * (K / 32) + c] = s;
-      }
+    if (need_f32) {
+      xf.resize(M * K);
+      for (int64_t i = 0; i < M * K; i += 16)
+        _mm512_storeu_ps(xf.data() + i, _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))), 16)));
+    }
+    act = Act{xb.data(), need_f32 ? xf.data() : nullptr, K};
   }
 };
 
@@ -337,7 +327,7 @@ at::Tensor linear(const at::Tensor& x, int64_t kind, const at::Tensor& w, const 
   at::Tensor xc;
   if (x.scalar_type() == at::kBFloat16) {
     xc = x.contiguous();
-    buf.from_bf16(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), M, L.K);
+    buf.from_bf16(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), M, L.K, L.kind == F32 || L.kind == I8);
   } else {
     xc = as_f32(x);
     buf.from_f32(xc.data_ptr<float>(), M, L.K);
@@ -370,7 +360,9 @@ std::vector<at::Tensor> linear_multi(const at::Tensor& x, const std::vector<int6
   at::Tensor xc;
   if (x.scalar_type() == at::kBFloat16) {
     xc = x.contiguous();
-    buf.from_bf16(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), M, K);
+    bool need = false;
+    for (const Lin& L : lins) need = need || L.kind == F32 || L.kind == I8;
+    buf.from_bf16(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), M, K, need);
   } else {
     xc = as_f32(x);
     buf.from_f32(xc.data_ptr<float>(), M, K);
