@@ -10,9 +10,10 @@ paths they replace, so the results agree to fp32 rounding; outputs are fp32 (no 
 Build: `torch.utils.cpp_extension.load` (g++ and ninja, AVX-512F/BW/VL/DQ/BF16; OpenMP through torch's own
 libgomp, so the kernels share torch's thread team and `torch.set_num_threads`). The build directory is
 keyed by torch version, source hash and compiler flags, under `$SIZEWISE_CACHE` (default
-`~/.cache/sizewise`): the first process compiles (~30 s), later ones load the cached library
-(`load_seconds()`); a build from another torch or another source is never reused, and one that fails to
-import is deleted and rebuilt once. Where the CPU lacks AVX-512 BF16, no compiler is found, or
+`~/.cache/sizewise`): the first process compiles (~30 s, in a child process, under an flock that dies
+with its holder), later ones import the finished library directly, without ninja or torch's loader lock
+(`load_seconds()`); a build from another torch or another source is never reused, and one that is
+unfinished or fails to import is deleted and rebuilt. Where the CPU lacks AVX-512 BF16, no compiler is found, or
 `SIZEWISE_KERNELS=0` is set, `ops()` returns None and every caller keeps its PyTorch path (the tests run
 both).
 """
@@ -64,32 +65,68 @@ def build_key() -> str:
     return f"torch-{torch.__version__.replace('+', '_')}-{h.hexdigest()[:16]}"
 
 
+MODULE = "sizewise_cpu_kernels"
+DONE = "built.ok"  # written after a build imported cleanly: a library without it is never trusted
+
+
 def _load(build_dir: Path):
+    """Compile (torch's JIT loader, ninja) into `build_dir` and import. Only ever run by `_build`, in a child
+    process under the cache's lock: the loader takes a lock file of its own that a killed process leaves
+    behind, and every later load would wait on it forever."""
     from torch.utils import cpp_extension
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(name="sizewise_cpu_kernels", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+    return cpp_extension.load(name=MODULE, sources=[str(SOURCE)], extra_cflags=CFLAGS,
                               extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=False)
 
 
-def _build_elsewhere(build_dir: Path) -> None:
-    """Compile into `build_dir` in a fresh interpreter (torch's JIT loader skips a build it saw earlier in
-    the same process, even when the directory is gone)."""
+def _import_built(build_dir: Path):
+    """The cached library imported directly (no ninja, no lock), or None when there is no finished build.
+    Raises ImportError when a library marked finished does not import (corrupt, another machine's)."""
+    import importlib.util
+
+    so = build_dir / f"{MODULE}.so"
+    if not (so.is_file() and (build_dir / DONE).is_file()):
+        return None
+    spec = importlib.util.spec_from_file_location(MODULE, so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _FileLock:
+    """An exclusive flock on a file: released by the kernel when its holder dies, so a build killed half-way
+    never blocks the next one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _build(build_dir: Path) -> None:
+    """Compile into `build_dir` in a child interpreter (torch's JIT loader also skips a build it saw earlier
+    in the same process), then mark it finished. Caller holds the cache lock."""
     import subprocess
 
+    shutil.rmtree(build_dir, ignore_errors=True)  # whatever is there is unfinished or untrusted
     code = "import sys; from pathlib import Path; from sizewise import kernels; kernels._load(Path(sys.argv[1]))"
     out = subprocess.run([sys.executable, "-c", code, str(build_dir)], capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError((out.stderr.strip().splitlines() or ["build failed"])[-1])
-
-
-def _so_stamp(build_dir: Path) -> tuple | None:
-    """(name, mtime, size) of the built library, to tell a cache hit from a build."""
-    so = next(iter(sorted(build_dir.glob("*.so"))), None) if build_dir.is_dir() else None
-    if so is None:
-        return None
-    st = so.stat()
-    return so.name, st.st_mtime_ns, st.st_size
+    (build_dir / DONE).write_text(f"{torch.__version__}\n")
 
 
 def ops():
@@ -103,21 +140,29 @@ def ops():
             return _state["mod"]
         mod, why = None, cpu_ok()
         t0 = time.perf_counter()
+        cached = False
         if why is None:
             build_dir = cache_root() / "kernels" / build_key()
-            before = _so_stamp(build_dir)
             try:
                 try:
-                    mod = _load(build_dir)
-                except ImportError:  # a library from a half-finished or foreign build: rebuild, do not trust
-                    shutil.rmtree(build_dir, ignore_errors=True)
-                    before = None
-                    _build_elsewhere(build_dir)  # this process's cpp_extension already counts it as built
-                    mod = _load(build_dir)
+                    mod = _import_built(build_dir)
+                except ImportError:
+                    mod = None
+                cached = mod is not None
+                if mod is None:
+                    with _FileLock(build_dir.parent / f"{build_dir.name}.lock"):
+                        try:  # another process may have finished the build while we waited
+                            mod = _import_built(build_dir)
+                        except ImportError:
+                            mod = None
+                        if mod is None:
+                            _build(build_dir)
+                            mod = _import_built(build_dir)
             except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch paths remain
                 last = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
                 why = f"could not build the CPU kernels ({type(e).__name__}: {last})"
-            _state["cached"] = before is not None and before == _so_stamp(build_dir)
+                mod = None
+        _state["cached"] = cached
         _state["seconds"] = time.perf_counter() - t0
         _state["why"] = why
         _state["mod"] = mod

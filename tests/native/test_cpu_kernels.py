@@ -189,8 +189,21 @@ def test_a_broken_cached_build_is_rebuilt_not_trusted(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "None", "False", "64.0"]
-    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert (target / kernels.DONE).is_file()
+    (target / "lock").write_text("")  # torch's loader lock left by a process killed mid-load: not waited on
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert again.stdout.split() == ["True", "None", "True", "64.0"]  # from the disk cache this time
+
+
+def test_an_unfinished_build_is_not_imported(tmp_path):
+    """A library without the finished-build mark (a build killed after linking) is rebuilt, not loaded."""
+    target = tmp_path / "kernels" / kernels.build_key()
+    target.mkdir(parents=True)
+    (target / f"{kernels.MODULE}.so").write_bytes(b"half")
+    assert kernels._import_built(target) is None
+    (target / kernels.DONE).write_text("x")
+    with pytest.raises(ImportError):
+        kernels._import_built(target)
 
 
 def _rope_ref(x, cos, sin):
