@@ -315,27 +315,6 @@ Lin make_lin(int64_t kind, const at::Tensor& w, const at::Tensor& sz, int64_t gs
   return L;
 }
 
-// y [M, N] fp32 = x [M, K] @ W^T (+ bias), W given as (kind, tensor, scales, group size).
-at::Tensor linear(const at::Tensor& x, int64_t kind, const at::Tensor& w, const at::Tensor& sz, int64_t gs,
-                  const c10::optional<at::Tensor>& bias) {
-  Lin L = make_lin(kind, w, sz, gs, bias);
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == L.K, "x must be [M, ", L.K, "]");
-  const int64_t M = x.size(0);
-  at::Tensor y = at::empty({M, L.N}, x.options().dtype(at::kFloat));
-  if (M == 0) return y;
-  ActBuf buf;
-  at::Tensor xc;
-  if (x.scalar_type() == at::kBFloat16) {
-    xc = x.contiguous();
-    buf.from_bf16(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), M, L.K, L.kind == F32 || L.kind == I8);
-  } else {
-    xc = as_f32(x);
-    buf.from_f32(xc.data_ptr<float>(), M, L.K);
-  }
-  gemm_multi({Seg{&L, y.data_ptr<float>(), L.N}}, buf.act, M);
-  return y;
-}
-
 // Several weights applied to the same activations in one parallel region (q/k/v, gate/up): the activations
 // are converted once, and each output is what `linear` would return for that weight alone.
 std::vector<at::Tensor> linear_multi(const at::Tensor& x, const std::vector<int64_t>& kinds, const std::vector<at::Tensor>& ws,
@@ -369,6 +348,12 @@ std::vector<at::Tensor> linear_multi(const at::Tensor& x, const std::vector<int6
   }
   gemm_multi(segs, buf.act, M);
   return ys;
+}
+
+// y [M, N] fp32 = x [M, K] @ W^T (+ bias), W given as (kind, tensor, scales, group size).
+at::Tensor linear(const at::Tensor& x, int64_t kind, const at::Tensor& w, const at::Tensor& sz, int64_t gs,
+                  const c10::optional<at::Tensor>& bias) {
+  return linear_multi(x, {kind}, {w}, {sz}, {gs}, {bias})[0];
 }
 
 // --- paged attention for decode rows ----------------------------------------------------------------
