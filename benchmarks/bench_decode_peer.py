@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +58,7 @@ def main() -> None:
     from sizewise import kernels
     from sizewise.compression.packed import is_packed
     from sizewise.compression.recipes import get_recipe
+    from sizewise.study_peers import sizewise_decoder_bits
     from sizewise.evaluate import data, machine
     from sizewise.evaluate.speed import batch1_pass, spread
     from sizewise.export import llamacpp as L
@@ -79,14 +79,11 @@ def main() -> None:
     console.print(f"kernels: build {build_s:.1f} s in a fresh cache; a second process starts them in "
                   f"{statistics.median(warm_s):.2f} s")
 
-    def decoder_bits_per_weight(model) -> float:
-        """Bits per weight of the decoder Linears as stored (codes, scales, zeros), as `study` counts them."""
-        bits = n = 0
-        for name, mod in model.named_modules():
-            if ".layers." in name and is_packed(mod) and hasattr(mod, "packed_tensors"):
-                bits += 8 * sum(t.numel() * t.element_size() for k, t in mod.packed_tensors().items() if k != "weight_shape")
-                n += mod.in_features * mod.out_features
-        return bits / n
+    def decoder_bits_per_weight(model) -> float | None:
+        """Bits per weight of the decoder Linears as stored, priced as `study` prices a checkpoint's manifest."""
+        return sizewise_decoder_bits({"tensors": {
+            f"{name}.weight": {"scheme": mod.scheme, "shape": [mod.out_features, mod.in_features]}
+            for name, mod in model.named_modules() if ".layers." in name and is_packed(mod)}})
 
     def build(r: str):
         cfg = get_recipe(r)

@@ -31,7 +31,6 @@ from sizewise.compression.packed import is_packed
 
 STREAMS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 REFINE_TOP_K = 32
-KERNEL_ROWS = 64  # up to this many rows (decode batches) the head runs sizewise's kernel
 _EMPTY = torch.empty(0)
 
 
@@ -62,11 +61,10 @@ class RefinedLMHead(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        ops = kernels.ops()
-        rows = x.numel() // max(x.shape[-1], 1)
-        if ops is not None and rows <= KERNEL_ROWS and w.dtype == torch.bfloat16 and x.shape[-1] % 32 == 0:
+        ops = kernels.for_rows(x)
+        if ops is not None and w.dtype == torch.bfloat16:
             # decode batches: sizewise's bf16 kernel (bf16 products, fp32 sums, no bf16 rounding of the output)
-            y = ops.linear(x.reshape(rows, -1), kernels.BF16, w, _EMPTY, 32).reshape(*x.shape[:-1], w.shape[0])
+            y = ops.linear(x.reshape(-1, x.shape[-1]), kernels.BF16, w, _EMPTY, 32).reshape(*x.shape[:-1], w.shape[0])
         else:
             y = F.linear(x.to(w.dtype), w).float()
         idx = y.topk(self.k, dim=-1).indices  # [..., k]

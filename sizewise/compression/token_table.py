@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from sizewise import kernels
 from sizewise.compression import packed as P
-from sizewise.compression.precision import KERNEL_ROWS
 from sizewise.compression import quant as Q
 
 
@@ -85,11 +84,10 @@ class TiedInt8Head(P.Int8WeightOnlyLinear):
         self.weight, self.weight_scale = emb.weight, emb.weight_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ops = kernels.ops()
-        rows = x.numel() // max(x.shape[-1], 1)
-        if ops is not None and rows <= KERNEL_ROWS and self.in_features % 32 == 0:
+        ops = kernels.for_rows(x)
+        if ops is not None:
             # decode batches: sizewise's kernel, exact fp32 sums of the int8 rows times their scales
-            y = ops.linear(x.reshape(rows, -1).float(), kernels.I8, self.weight, self.weight_scale, 32, self.bias)
+            y = ops.linear(x.reshape(-1, x.shape[-1]).float(), kernels.I8, self.weight, self.weight_scale, 32, self.bias)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return super().forward(x)
 

@@ -199,7 +199,7 @@ class LeanDecoder:
         t = ids.shape[1]
         if self.pos + t > self.max_len:
             raise ValueError(f"cache holds {self.max_len} positions; asked for {self.pos + t}")
-        if t == 1 and last_only and self.fused_why is None and getattr(self, "_step_c", None) is None:
+        if t == 1 and last_only and self.fused_why is None:  # (compile_step sets fused_why)
             out = self._fused_step(ids)
             self.pos += 1
             return out

@@ -169,6 +169,18 @@ def ops():
         return mod
 
 
+KERNEL_ROWS = 64  # heads take the kernels for up to this many rows (decode batches); longer inputs keep torch's
+
+
+def for_rows(x: torch.Tensor):
+    """The kernels module when `x` [..., K] is a decode-sized batch the kernels take (K a multiple of 32,
+    at most KERNEL_ROWS rows), else None: the one gate the lm heads share."""
+    mod = ops()
+    if mod is None or x.shape[-1] % 32 or x.numel() // max(x.shape[-1], 1) > KERNEL_ROWS:
+        return None
+    return mod
+
+
 def loaded():
     """The module `ops()` loaded (for callers that chose the kernel path when it was available)."""
     return _state["mod"]

@@ -77,7 +77,7 @@ def why_not(pool_dtype: torch.dtype, norms, attns, interleaved_rope: bool) -> st
         if not hasattr(n, "variance_epsilon") or getattr(n, "weight", None) is None:
             return f"{type(n).__name__} is not an RMSNorm with a weight"
     for a in attns:
-        if hasattr(a, "q_norm") or getattr(a, "q_norm", None) is not None:
+        if hasattr(a, "q_norm"):
             return "per-head q/k norms"
         if getattr(a, "sliding_window", None):
             return "sliding-window attention"
