@@ -373,7 +373,7 @@ class Int4WeightOnlyLinear(PackedLinear):
             raise ValueError(why)
         self.group_size = group_size
         # sizewise's kernel where it is built and the shape suits it, else aten's; one layout is kept, not both
-        self._own = own_int4_kernel(k, group_size) and n % 4 == 0
+        self._own = own_int4_kernel(k, group_size) and n % 16 == 0
         if self._own:
             self.register_buffer("weight_q4", kernels.pack_q4(q), persistent=False)  # uint8 [N, K/2]
         else:

@@ -202,28 +202,29 @@ def load_seconds() -> tuple[float, bool] | None:
 
 
 def pack_q4(q: torch.Tensor) -> torch.Tensor:
-    """int codes [N, K] in 0..15 -> the kernel's layout, uint8 [N, K/2] in storage order: rows interleaved in
-    fours (rows 4i..4i+3 of a 32-wide chunk fill one 64-byte cache line, so a thread reads one sequential
-    stream), and within a row's 16 bytes of a chunk, byte j holds code j (low nibble) and code j + 16 (high),
-    so one 16-byte load widens to the chunk's 32 codes in order."""
+    """int codes [N, K] in 0..15 -> the kernel's layout, uint8 [N, K/2] in storage order: column panels of 16
+    rows, each one sequential stream; per panel and 4 inputs, 32 bytes where byte j holds the code of row j/2
+    at input j%2 (low nibble) and at input 2 + j%2 (high nibble), so one widening and two vpermw give two
+    vectors in vdpbf16ps's pair layout (16 rows x 2 inputs)."""
     n, k = q.shape
-    if k % 32 or n % 4:
-        raise ValueError(f"int4 kernel layout needs rows in fours and a multiple-of-32 input dim (got {n} x {k})")
-    c = q.to(torch.uint8).reshape(n, k // 32, 2, 16)
-    b = c[:, :, 0] | (c[:, :, 1] << 4)  # [N, K/32, 16]
-    return b.reshape(n // 4, 4, k // 32, 16).transpose(1, 2).contiguous().reshape(n, k // 2)
+    if k % 32 or n % 16:
+        raise ValueError(f"int4 kernel layout needs rows in panels of 16 and a multiple-of-32 input dim (got {n} x {k})")
+    c = q.to(torch.uint8).reshape(n // 16, 16, k // 4, 2, 2)  # [panel, row, quad, pair, input in pair]
+    c = c.permute(0, 2, 3, 1, 4).reshape(n // 16, k // 4, 2, 32)  # [panel, quad, pair, 32]
+    return (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(n, k // 2)
 
 
 def unpack_q4(p: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of pack_q4 -> int32 [N, K]."""
     n = p.shape[0]
-    b = p.reshape(n // 4, k // 32, 4, 16).transpose(1, 2).reshape(n, k // 32, 16).to(torch.int32)
-    return torch.stack([b & 0xF, b >> 4], dim=2).reshape(n, k)
+    b = p.reshape(n // 16, k // 4, 32).to(torch.int32)
+    c = torch.stack([b & 0xF, b >> 4], dim=2)  # [panel, quad, pair, 32]
+    return c.reshape(n // 16, k // 4, 2, 16, 2).permute(0, 3, 1, 2, 4).reshape(n, k)
 
 
 def rows_scales(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """bf16 [N, G] scale and float zero (w = (q - 8) * scale + zero) -> the kernel's layout, bf16 [N, G, 2] in
-    storage order [N/4, G, 4, 2] (rows interleaved in fours, as pack_q4)."""
+    storage order [N/16, G, 2, 16] (per panel of 16 rows and group: 16 scales, then 16 zeros)."""
     n, g = scale.shape
     sz = torch.stack([scale.to(torch.bfloat16), zero.to(torch.bfloat16)], dim=-1)  # [N, G, 2]
-    return sz.reshape(n // 4, 4, g, 2).transpose(1, 2).contiguous().reshape(n, g, 2)
+    return sz.reshape(n // 16, 16, g, 2).permute(0, 2, 3, 1).contiguous().reshape(n, g, 2)

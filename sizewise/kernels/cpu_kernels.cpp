@@ -25,10 +25,13 @@ enum Kind : int { Q4 = 0, BF16 = 1, F32 = 2, I8 = 3 };
 struct Lin {
   int kind = F32;
   int64_t N = 0, K = 0, gs = 32;
-  // Q4, rows interleaved in fours so that a thread's weights are one sequential stream: for rows 4i..4i+3
-  // and 32-wide chunk c, 64 bytes (one cache line) at (i * K/32 + c) * 64, row r's 16 bytes at r * 16, byte j
-  // holding code j (low nibble) and code j + 16 (high); scales the same way, [N/4, K/gs, 4, 2] bf16 (scale,
-  // zero) with w = (q - 8) * scale + zero. kernels.pack_q4 / rows_scales write these layouts.
+  // Q4, in column panels of 16 rows (outputs), so one vdpbf16ps computes 16 outputs at once and no
+  // horizontal sum is ever needed: panel P's codes are one sequential stream of K/2 bytes per row, 32 bytes
+  // per 4 inputs at (P * K/4 + u) * 32; byte j holds, in its low nibble, the code of row 16P + j/2 at input
+  // 4u + j%2 and, in its high nibble, the code of the same row at input 4u + 2 + j%2 (one widening and two
+  // vpermw give two vectors of 16 rows x 2 inputs, vdpbf16ps's pair layout). Scales [N/16, G, 2, 16] bf16:
+  // per panel and group 16 scales then 16 zeros, w = (q - 8) * scale + zero. kernels.pack_q4 / rows_scales
+  // write these layouts.
   const uint8_t* q = nullptr;
   const uint16_t* sz = nullptr;
   const uint16_t* wb = nullptr;   // BF16: [N, K]
@@ -45,6 +48,7 @@ struct Act {
   const uint16_t* xb = nullptr;  // [M, K]
   const float* xf = nullptr;     // [M, K]
   int64_t K = 0;
+  const float* cs = nullptr;     // [M, K/32]: each 32-wide chunk's sum of the bf16 activations (Q4's zero term)
 };
 
 // Weights stream from memory once per token (the bundled model's 122 MB do not fit a 32 MB L3); reading
@@ -77,51 +81,141 @@ inline __m512i q4_lut() {
   return _mm512_load_si512(t);
 }
 
-// Q4: y[t, n] = sum over chunks c of [scale_g(c) * dot_c + zero_g(c) . x_c], with dot_c = sum over the chunk's
-// 32 weights of (q - 8) * x in one vdpbf16ps (the products are exact in fp32) and the zero term a second
-// vdpbf16ps of the broadcast bf16 zero against the same activations. Chunks run in order and every (token,
-// row) pair gets the same instruction sequence whatever TM, RN and the thread split are.
-template <int TM, int RN>
-inline void block_q4(const Lin& w, const Act& a, int64_t m0, float* y, int64_t ldy, int64_t n0, const __m512i& lut) {
-  __m512 acc[TM][RN];
+// Q4, for TM tokens and NB panels of 16 rows: y[t, n] = sum over groups g of [scale(n, g) * d(t, n, g) +
+// zero(n, g) * X(t, g)], where d is the group's sum of (q - 8) * x (pairs of exact products, one vdpbf16ps
+// per 2 inputs, fp32 sums) and X the group's sum of the bf16 activations (its chunk sums, in order). The
+// weights come either decoded on the fly (few tokens: the weights are read once anyway) or from `dec`, the
+// panels already widened to bf16 (q - 8) (many tokens: widened once, reused by every token tile). Both give
+// the same values in the same order, so every (token, row) pair gets the same instruction sequence whatever
+// M, the tiles, the path and the thread split are: a row's output never depends on its batch.
+inline void q4_widen(const uint8_t* p, const __m512i& lut, __m512bh& lo, __m512bh& hi) {
+  const __m512i wd = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  lo = as_bh(_mm512_permutexvar_epi16(_mm512_and_si512(wd, _mm512_set1_epi16(15)), lut));
+  hi = as_bh(_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 4), lut));
+}
+
+inline __m512bh bcast_pair(const uint16_t* x) {  // x[0], x[1] (bf16) in every lane's pair
+  int32_t v;
+  std::memcpy(&v, x, 4);
+  return as_bh(_mm512_set1_epi32(v));
+}
+
+inline __m512 bf16x16(const uint16_t* p) {  // 16 bf16 -> fp32
+  return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+template <int TM, int NB, bool DEC>
+inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int64_t P0, const uint16_t* dec, float* y,
+                    int64_t ldy, const __m512i& lut) {
+  __m512 acc[TM][NB], d[TM][NB];
   for (int t = 0; t < TM; ++t)
-    for (int r = 0; r < RN; ++r) acc[t][r] = _mm512_setzero_ps();
-  const int64_t chunks = w.K / 32, per_group = w.gs / 32, G = w.K / w.gs;
+    for (int b = 0; b < NB; ++b) acc[t][b] = _mm512_setzero_ps();
+  const int64_t K = w.K, G = K / w.gs, quads = w.gs / 4;
   for (int64_t g = 0; g < G; ++g) {
-    __m512 sc[RN];
-    __m512bh zb[RN];
-    for (int r = 0; r < RN; ++r) {
-      const int64_t n = n0 + r;
-      const uint16_t* p = w.sz + (((n / 4) * G + g) * 4 + n % 4) * 2;
-      sc[r] = _mm512_set1_ps(bf16f(p[0]));
-      zb[r] = as_bh(_mm512_set1_epi16(static_cast<short>(p[1])));
-    }
-    for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-      __m512i xv[TM];
-      for (int t = 0; t < TM; ++t) xv[t] = _mm512_loadu_si512(a.xb + (m0 + t) * a.K + c * 32);
-      for (int r = 0; r < RN; ++r) {
-        const int64_t n = n0 + r;
-        const uint8_t* qp = w.q + ((n / 4) * chunks + c) * 64 + (n % 4) * 16;
-        if (r == 0) _mm_prefetch(reinterpret_cast<const char*>(qp + PREFETCH_LINES * 64), _MM_HINT_T0);
-        __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qp));
-        __m256i wd = _mm256_cvtepu8_epi16(b);
-        __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(wd, _mm256_set1_epi16(15))),
-                                         _mm256_srli_epi16(wd, 4), 1);
-        __m512bh wv = as_bh(_mm512_permutexvar_epi16(idx, lut));
-        for (int t = 0; t < TM; ++t) {
-          __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), wv, as_bh(xv[t]));
-          acc[t][r] = _mm512_fmadd_ps(d, sc[r], acc[t][r]);
-          acc[t][r] = _mm512_dpbf16_ps(acc[t][r], zb[r], as_bh(xv[t]));
+    for (int t = 0; t < TM; ++t)
+      for (int b = 0; b < NB; ++b) d[t][b] = _mm512_setzero_ps();
+    for (int64_t u = g * quads; u < (g + 1) * quads; ++u) {  // 4 inputs: 2 pairs
+      __m512bh lo[NB], hi[NB];
+      for (int b = 0; b < NB; ++b) {
+        if constexpr (DEC) {
+          lo[b] = as_bh(_mm512_loadu_si512(dec + (b * (K / 4) + u) * 64));
+          hi[b] = as_bh(_mm512_loadu_si512(dec + (b * (K / 4) + u) * 64 + 32));
+        } else {
+          const uint8_t* qp = w.q + ((P0 + b) * (K / 4) + u) * 32;
+          _mm_prefetch(reinterpret_cast<const char*>(qp + PREFETCH_LINES * 64), _MM_HINT_T0);
+          q4_widen(qp, lut, lo[b], hi[b]);
         }
+      }
+      for (int t = 0; t < TM; ++t) {
+        const __m512bh x0 = bcast_pair(a.xb + (m0 + t) * K + 4 * u), x1 = bcast_pair(a.xb + (m0 + t) * K + 4 * u + 2);
+        for (int b = 0; b < NB; ++b) {
+          d[t][b] = _mm512_dpbf16_ps(d[t][b], lo[b], x0);
+          d[t][b] = _mm512_dpbf16_ps(d[t][b], hi[b], x1);
+        }
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      const uint16_t* sp = w.sz + ((P0 + b) * G + g) * 32;
+      const __m512 sc = bf16x16(sp), zr = bf16x16(sp + 16);
+      for (int t = 0; t < TM; ++t) {
+        acc[t][b] = _mm512_fmadd_ps(d[t][b], sc, acc[t][b]);
+        acc[t][b] = _mm512_fmadd_ps(zr, _mm512_set1_ps(X[(m0 + t) * G + g]), acc[t][b]);
       }
     }
   }
   for (int t = 0; t < TM; ++t)
-    for (int r = 0; r < RN; ++r) {
-      float v = _mm512_reduce_add_ps(acc[t][r]);
-      if (w.bias) v += w.bias[n0 + r];
-      y[t * ldy + n0 + r] = v;
+    for (int b = 0; b < NB; ++b) {
+      __m512 v = acc[t][b];
+      if (w.bias) v = _mm512_add_ps(v, _mm512_loadu_ps(w.bias + (P0 + b) * 16));
+      _mm512_storeu_ps(y + (m0 + t) * ldy + (P0 + b) * 16, v);
     }
+}
+
+// Widen NB panels (all K) to bf16 (q - 8), in the order tile_q4<.., true> reads them.
+template <int NB>
+inline void widen_panels(const Lin& w, int64_t P0, uint16_t* dec, const __m512i& lut) {
+  const int64_t U = w.K / 4;
+  for (int b = 0; b < NB; ++b)
+    for (int64_t u = 0; u < U; ++u) {
+      __m512bh lo, hi;
+      q4_widen(w.q + ((P0 + b) * U + u) * 32, lut, lo, hi);
+      std::memcpy(dec + (b * U + u) * 64, &lo, 64);
+      std::memcpy(dec + (b * U + u) * 64 + 32, &hi, 64);
+    }
+}
+
+constexpr int Q4_TM = 4;        // tokens per tile
+constexpr int Q4_WIDEN_MIN = 8;  // from this many tokens, panels are widened once and reused across token tiles
+constexpr int64_t Q4_MBLOCK = 128;  // token block per widening: its activations stay in L2
+
+template <int NB, bool DEC>
+inline void tokens_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int64_t m1, int64_t P0,
+                      const uint16_t* dec, float* y, int64_t ldy, const __m512i& lut) {
+  int64_t m = m0;
+  for (; m + Q4_TM <= m1; m += Q4_TM) tile_q4<Q4_TM, NB, DEC>(w, a, X, m, P0, dec, y, ldy, lut);
+  switch (m1 - m) {
+    case 3: tile_q4<3, NB, DEC>(w, a, X, m, P0, dec, y, ldy, lut); break;
+    case 2: tile_q4<2, NB, DEC>(w, a, X, m, P0, dec, y, ldy, lut); break;
+    case 1: tile_q4<1, NB, DEC>(w, a, X, m, P0, dec, y, ldy, lut); break;
+    default: break;
+  }
+}
+
+// Rows [r0, r1) (whole panels) of a Q4 weight for all M tokens.
+inline void rows_q4(const Lin& w, const Act& a, float* y, int64_t ldy, int64_t M, int64_t r0, int64_t r1) {
+  const __m512i lut = q4_lut();
+  const int64_t P1 = r1 / 16, G = w.K / w.gs, cpg = w.gs / 32, C = w.K / 32;
+  thread_local std::vector<float> Xv;  // each token's group sums of its bf16 activations, chunk sums in order
+  Xv.resize(M * G);
+  float* X = Xv.data();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      const float* cs = a.cs + m * C + g * cpg;
+      float s = cs[0];
+      for (int64_t c = 1; c < cpg; ++c) s += cs[c];
+      X[m * G + g] = s;
+    }
+  if (M < Q4_WIDEN_MIN) {
+    int64_t P = r0 / 16;
+    for (; P + 2 <= P1; P += 2) tokens_q4<2, false>(w, a, X, 0, M, P, nullptr, y, ldy, lut);
+    if (P < P1) tokens_q4<1, false>(w, a, X, 0, M, P, nullptr, y, ldy, lut);
+    return;
+  }
+  thread_local std::vector<uint16_t> dec;
+  dec.resize(2 * w.K * 16);
+  for (int64_t m0 = 0; m0 < M; m0 += Q4_MBLOCK) {
+    const int64_t m1 = std::min(m0 + Q4_MBLOCK, M);
+    int64_t P = r0 / 16;
+    for (; P + 2 <= P1; P += 2) {
+      widen_panels<2>(w, P, dec.data(), lut);
+      tokens_q4<2, true>(w, a, X, m0, m1, P, dec.data(), y, ldy, lut);
+    }
+    if (P < P1) {
+      widen_panels<1>(w, P, dec.data(), lut);
+      tokens_q4<1, true>(w, a, X, m0, m1, P, dec.data(), y, ldy, lut);
+    }
+  }
 }
 
 // BF16: bf16 weights times bf16 activations, fp32 sums (vdpbf16ps), as torch's bf16 matmul computes them.
@@ -177,19 +271,18 @@ inline void block_dense(const Lin& w, const Act& a, int64_t m0, float* y, int64_
 }
 
 template <int KIND, int TM, int RN>
-inline void block(const Lin& w, const Act& a, int64_t m0, float* y, int64_t ldy, int64_t n0, const __m512i& lut) {
-  if constexpr (KIND == Q4) block_q4<TM, RN>(w, a, m0, y, ldy, n0, lut);
-  else block_dense<KIND, TM, RN>(w, a, m0, y, ldy, n0);
+inline void block(const Lin& w, const Act& a, int64_t m0, float* y, int64_t ldy, int64_t n0) {
+  block_dense<KIND, TM, RN>(w, a, m0, y, ldy, n0);
 }
 
 template <int KIND, int RN>
-inline void tokens(const Lin& w, const Act& a, float* y, int64_t ldy, int64_t m0, int64_t M, int64_t n0, const __m512i& lut) {
+inline void tokens(const Lin& w, const Act& a, float* y, int64_t ldy, int64_t m0, int64_t M, int64_t n0) {
   int64_t m = m0;
-  for (; m + 4 <= M; m += 4) block<KIND, 4, RN>(w, a, m, y + m * ldy, ldy, n0, lut);
+  for (; m + 4 <= M; m += 4) block<KIND, 4, RN>(w, a, m, y + m * ldy, ldy, n0);
   switch (M - m) {
-    case 3: block<KIND, 3, RN>(w, a, m, y + m * ldy, ldy, n0, lut); break;
-    case 2: block<KIND, 2, RN>(w, a, m, y + m * ldy, ldy, n0, lut); break;
-    case 1: block<KIND, 1, RN>(w, a, m, y + m * ldy, ldy, n0, lut); break;
+    case 3: block<KIND, 3, RN>(w, a, m, y + m * ldy, ldy, n0); break;
+    case 2: block<KIND, 2, RN>(w, a, m, y + m * ldy, ldy, n0); break;
+    case 1: block<KIND, 1, RN>(w, a, m, y + m * ldy, ldy, n0); break;
     default: break;
   }
 }
@@ -197,47 +290,53 @@ inline void tokens(const Lin& w, const Act& a, float* y, int64_t ldy, int64_t m0
 // Rows [r0, r1) of w for all M tokens; tokens tiled so a tile of x stays in L2 while rows stream.
 template <int KIND>
 inline void rows_k(const Lin& w, const Act& a, float* y, int64_t ldy, int64_t M, int64_t r0, int64_t r1) {
-  const __m512i lut = q4_lut();
   const int64_t tile = 64;
   for (int64_t m0 = 0; m0 < M; m0 += tile) {
     int64_t m1 = std::min(m0 + tile, M);
     int64_t n = r0;
-    for (; n + 4 <= r1; n += 4) tokens<KIND, 4>(w, a, y, ldy, m0, m1, n, lut);
-    for (; n < r1; ++n) tokens<KIND, 1>(w, a, y, ldy, m0, m1, n, lut);
+    for (; n + 4 <= r1; n += 4) tokens<KIND, 4>(w, a, y, ldy, m0, m1, n);
+    for (; n < r1; ++n) tokens<KIND, 1>(w, a, y, ldy, m0, m1, n);
   }
 }
 
 inline void rows(const Lin& w, const Act& a, float* y, int64_t ldy, int64_t M, int64_t r0, int64_t r1) {
   switch (w.kind) {
-    case Q4: rows_k<Q4>(w, a, y, ldy, M, r0, r1); break;
+    case Q4: rows_q4(w, a, y, ldy, M, r0, r1); break;
     case BF16: rows_k<BF16>(w, a, y, ldy, M, r0, r1); break;
     case I8: rows_k<I8>(w, a, y, ldy, M, r0, r1); break;
     default: rows_k<F32>(w, a, y, ldy, M, r0, r1); break;
   }
 }
 
-// Activation buffers: the bf16 copy (round to nearest even, as .to(bfloat16)) and the fp32 values.
+// Activation buffers: the bf16 copy (round to nearest even, as .to(bfloat16)), the fp32 values, and each
+// 32-wide chunk's sum of the bf16 values (Q4's zero term; one fixed order per row).
 struct ActBuf {
   std::vector<uint16_t> xb;
-  std::vector<float> xf;
+  std::vector<float> xf, cs;
   Act act;
+  void sums(int64_t M, int64_t K) {
+    cs.resize(M * (K / 32));
+    for (int64_t i = 0; i < M * K; i += 32)
+      cs[i / 32] = _mm512_reduce_add_ps(_mm512_add_ps(bf16x16(xb.data() + i), bf16x16(xb.data() + i + 16)));
+  }
   void from_f32(const float* x, int64_t M, int64_t K) {
     xb.resize(M * K);
     for (int64_t i = 0; i < M * K; i += 16) {
       __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + i));
       std::memcpy(xb.data() + i, &b, 32);
     }
-    act = Act{xb.data(), x, K};
+    sums(M, K);
+    act = Act{xb.data(), x, K, cs.data()};
   }
   void from_bf16(const uint16_t* x, int64_t M, int64_t K, bool need_f32) {
     xb.assign(x, x + M * K);
     if (need_f32) {
       xf.resize(M * K);
       for (int64_t i = 0; i < M * K; i += 16)
-        _mm512_storeu_ps(xf.data() + i, _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))), 16)));
+        _mm512_storeu_ps(xf.data() + i, bf16x16(x + i));
     }
-    act = Act{xb.data(), need_f32 ? xf.data() : nullptr, K};
+    sums(M, K);
+    act = Act{xb.data(), need_f32 ? xf.data() : nullptr, K, cs.data()};
   }
 };
 
@@ -275,7 +374,7 @@ Lin make_lin(int64_t kind, const at::Tensor& w, const at::Tensor& sz, int64_t gs
   L.keep.push_back(w);
   if (kind == Q4) {
     TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2, "int4 codes: uint8 [N, K/2]");
-    TORCH_CHECK(w.size(0) % 4 == 0, "int4 rows must come in fours (the interleaved layout)");
+    TORCH_CHECK(w.size(0) % 16 == 0, "int4 rows must come in panels of 16");
     TORCH_CHECK(sz.scalar_type() == at::kBFloat16 && sz.is_contiguous(), "int4 scales: contiguous bf16 [N, G, 2]");
     L.N = w.size(0);
     L.K = w.size(1) * 2;

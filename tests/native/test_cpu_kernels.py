@@ -26,21 +26,23 @@ def _close(y: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, w: torch.Tensor)
 
 
 def test_pack_q4_round_trip_and_layout():
-    q = torch.randint(0, 16, (8, 96), dtype=torch.int32)
+    q = torch.randint(0, 16, (32, 96), dtype=torch.int32)
     p = kernels.pack_q4(q)
-    assert p.shape == (8, 48) and p.dtype == torch.uint8
+    assert p.shape == (32, 48) and p.dtype == torch.uint8
     assert torch.equal(kernels.unpack_q4(p, 96), q)
-    # rows in fours share a 64-byte line per 32-wide chunk; byte j of a row's 16: code j low, code j + 16 high
-    row, chunk, j = 6, 1, 5
-    flat = ((row // 4) * (96 // 32) + chunk) * 64 + (row % 4) * 16 + j
-    assert int(p.reshape(-1)[flat]) == int(q[row, 32 * chunk + j]) | (int(q[row, 32 * chunk + 16 + j]) << 4)
-    s, z = torch.rand(8, 3).to(torch.bfloat16), torch.rand(8, 3).to(torch.bfloat16)
+    # panels of 16 rows; per 4 inputs 32 bytes, byte j: row j/2 at input j%2 (low nibble), at 2 + j%2 (high)
+    row, k4, j = 21, 7, 11  # panel 1, row 5 of it; inputs 28..31
+    assert j // 2 == row % 16
+    flat = ((row // 16) * (96 // 4) + k4) * 32 + j
+    assert int(p.reshape(-1)[flat]) == int(q[row, 4 * k4 + j % 2]) | (int(q[row, 4 * k4 + 2 + j % 2]) << 4)
+    s, z = torch.rand(32, 3).to(torch.bfloat16), torch.rand(32, 3).to(torch.bfloat16)
     sz = kernels.rows_scales(s, z).reshape(-1)
-    assert sz[(((row // 4) * 3 + 2) * 4 + row % 4) * 2] == s[row, 2] and sz[(((row // 4) * 3 + 2) * 4 + row % 4) * 2 + 1] == z[row, 2]
+    g = 2  # per panel and group: 16 scales, then 16 zeros
+    assert sz[((row // 16) * 3 + g) * 32 + row % 16] == s[row, g] and sz[((row // 16) * 3 + g) * 32 + 16 + row % 16] == z[row, g]
     with pytest.raises(ValueError, match="multiple-of-32"):
-        kernels.pack_q4(torch.zeros(4, 48, dtype=torch.int32))
-    with pytest.raises(ValueError, match="fours"):
-        kernels.pack_q4(torch.zeros(6, 64, dtype=torch.int32))
+        kernels.pack_q4(torch.zeros(16, 48, dtype=torch.int32))
+    with pytest.raises(ValueError, match="panels of 16"):
+        kernels.pack_q4(torch.zeros(8, 64, dtype=torch.int32))
 
 
 @needs_ops
@@ -48,7 +50,7 @@ def test_pack_q4_round_trip_and_layout():
 @pytest.mark.parametrize("m", [1, 3, 5, 17, 70])
 def test_q4_matches_the_dequantized_product_on_bf16_activations(gs, m):
     torch.manual_seed(gs + m)
-    n, k = 40, 256
+    n, k = 48, 256
     q = torch.randint(0, 16, (n, k), dtype=torch.int32)
     scale = (torch.rand(n, k // gs) * 0.02 + 1e-3).to(torch.bfloat16)
     zero = (torch.randn(n, k // gs) * 0.02).to(torch.bfloat16)
@@ -70,9 +72,10 @@ def test_q4_matches_the_dequantized_product_on_bf16_activations(gs, m):
 def test_every_row_of_a_batch_is_what_it_is_alone(kind):
     """Batch invariance, bitwise: serving a row beside others must not change its numbers."""
     torch.manual_seed(3)
-    n, k = 52, 128  # 52 rows: blocks of 4 and of 16 rows with remainders
+    n, k = 52, 128  # 52 rows: blocks of 4 and of 16 rows with remainders (int4: 48, panels in twos and one alone)
     x = torch.randn(23, k)
     if kind == "q4":
+        n = 48
         args = (kernels.Q4, kernels.pack_q4(torch.randint(0, 16, (n, k))),
                 kernels.rows_scales(torch.rand(n, 4) * 0.1, torch.randn(n, 4) * 0.1), 32)
     elif kind == "bf16":
@@ -82,7 +85,7 @@ def test_every_row_of_a_batch_is_what_it_is_alone(kind):
     else:
         args = (kernels.I8, torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n) * 0.01, 32)
     full = ops.linear(x, *args)
-    for lo, hi in [(0, 1), (5, 6), (3, 7), (4, 21), (22, 23)]:
+    for lo, hi in [(0, 1), (5, 6), (3, 7), (4, 21), (22, 23), (2, 10), (0, 8)]:  # both int4 paths (< 8, >= 8 rows)
         assert torch.equal(ops.linear(x[lo:hi], *args), full[lo:hi])
     for threads in (1, 2):
         old = torch.get_num_threads()
@@ -117,7 +120,9 @@ def test_bad_shapes_are_refused():
     with pytest.raises(RuntimeError, match="multiple of 32"):
         ops.linear(torch.randn(2, 40), kernels.F32, torch.randn(4, 40), torch.empty(0), 32)
     with pytest.raises(RuntimeError, match="int4 scales"):
-        ops.linear(torch.randn(2, 64), kernels.Q4, torch.zeros(4, 32, dtype=torch.uint8), torch.zeros(3), 32)
+        ops.linear(torch.randn(2, 64), kernels.Q4, torch.zeros(16, 32, dtype=torch.uint8), torch.zeros(3), 32)
+    with pytest.raises(RuntimeError, match="panels of 16"):
+        ops.linear(torch.randn(2, 64), kernels.Q4, torch.zeros(8, 32, dtype=torch.uint8), torch.zeros(32, dtype=torch.bfloat16), 32)
 
 
 @needs_ops
