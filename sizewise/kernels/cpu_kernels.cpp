@@ -113,6 +113,10 @@ inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int6
   for (int t = 0; t < TM; ++t)
     for (int b = 0; b < NB; ++b) acc[t][b] = _mm512_setzero_ps();
   const int64_t K = w.K, G = K / w.gs, quads = w.gs / 4;
+  if constexpr (!DEC)  // the next tile's panels: their streams start warm
+    for (int b = 0; b < NB; ++b)
+      for (int l = 0; l < PREFETCH_LINES; ++l)
+        _mm_prefetch(reinterpret_cast<const char*>(w.q + (P0 + NB + b) * (K / 4) * 32 + l * 64), _MM_HINT_T0);
   for (int64_t g = 0; g < G; ++g) {
     for (int t = 0; t < TM; ++t)
       for (int b = 0; b < NB; ++b) d[t][b] = _mm512_setzero_ps();
