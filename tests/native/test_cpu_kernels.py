@@ -47,7 +47,7 @@ def test_pack_q4_round_trip_and_layout():
 
 @needs_ops
 @pytest.mark.parametrize("gs", [32, 64, 128])
-@pytest.mark.parametrize("m", [1, 3, 5, 17, 70])
+@pytest.mark.parametrize("m", [1, 3, 5, 17, 70, 150])  # 150: two token blocks of the widened path
 def test_q4_matches_the_dequantized_product_on_bf16_activations(gs, m):
     torch.manual_seed(gs + m)
     n, k = 48, 256
@@ -61,6 +61,9 @@ def test_q4_matches_the_dequantized_product_on_bf16_activations(gs, m):
     ref = x.double() @ w.double().t() + bias.double()
     assert y.dtype == torch.float32 and y.shape == (m, n)
     assert _close(y, ref, x.float(), w)
+    if m > 128:  # a row of the second token block is what it is alone
+        assert torch.equal(ops.linear(x[140:141], kernels.Q4, kernels.pack_q4(q), kernels.rows_scales(scale, zero), gs, bias),
+                           y[140:141])
     # fp32 input is rounded to bf16 first (nearest even), as .to(torch.bfloat16) does
     y32 = ops.linear(x.float() + 1e-4 * torch.randn(m, k) * x.float().abs(), kernels.Q4, kernels.pack_q4(q),
                      kernels.rows_scales(scale, zero), gs, bias)
