@@ -201,30 +201,48 @@ def load_seconds() -> tuple[float, bool] | None:
     return _state["seconds"], bool(_state.get("cached"))
 
 
+def _pair_panels(t: torch.Tensor) -> torch.Tensor:
+    """[P, U, X] per-panel streams -> panels in pairs, interleaved unit by unit ([P/2, U, 2, X]); a last odd
+    panel stays alone at the end. The kernel then reads each pair as one sequential stream."""
+    p = t.shape[0] - t.shape[0] % 2
+    pairs = t[:p].reshape(p // 2, 2, *t.shape[1:]).transpose(1, 2).reshape(p, *t.shape[1:])
+    return torch.cat([pairs, t[p:]]) if p < t.shape[0] else pairs
+
+
+def _unpair_panels(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of _pair_panels."""
+    p = t.shape[0] - t.shape[0] % 2
+    u = t[:p].reshape(p // 2, t.shape[1], 2, *t.shape[2:]).transpose(1, 2).reshape(p, *t.shape[1:])
+    return torch.cat([u, t[p:]]) if p < t.shape[0] else u
+
+
 def pack_q4(q: torch.Tensor) -> torch.Tensor:
     """int codes [N, K] in 0..15 -> the kernel's layout, uint8 [N, K/2] in storage order: column panels of 16
-    rows, each one sequential stream; per panel and 4 inputs, 32 bytes where byte j holds the code of row j/2
-    at input j%2 (low nibble) and at input 2 + j%2 (high nibble), so one widening and two vpermw give two
-    vectors in vdpbf16ps's pair layout (16 rows x 2 inputs)."""
+    rows; per panel and 4 inputs, 32 bytes where byte j holds the code of row j/2 at input j%2 (low nibble)
+    and at input 2 + j%2 (high nibble), so one widening and two vpermw give two vectors in vdpbf16ps's pair
+    layout (16 rows x 2 inputs). Panels are stored in pairs interleaved 32 bytes at a time (one sequential
+    stream per pair); a last odd panel alone."""
     n, k = q.shape
     if k % 32 or n % 16:
         raise ValueError(f"int4 kernel layout needs rows in panels of 16 and a multiple-of-32 input dim (got {n} x {k})")
     c = q.to(torch.uint8).reshape(n // 16, 16, k // 4, 2, 2)  # [panel, row, quad, pair, input in pair]
     c = c.permute(0, 2, 3, 1, 4).reshape(n // 16, k // 4, 2, 32)  # [panel, quad, pair, 32]
-    return (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(n, k // 2)
+    return _pair_panels(c[:, :, 0] | (c[:, :, 1] << 4)).reshape(n, k // 2)
 
 
 def unpack_q4(p: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of pack_q4 -> int32 [N, K]."""
     n = p.shape[0]
-    b = p.reshape(n // 16, k // 4, 32).to(torch.int32)
+    b = _unpair_panels(p.reshape(n // 16, k // 4, 32)).to(torch.int32)
     c = torch.stack([b & 0xF, b >> 4], dim=2)  # [panel, quad, pair, 32]
     return c.reshape(n // 16, k // 4, 2, 16, 2).permute(0, 3, 1, 2, 4).reshape(n, k)
 
 
 def rows_scales(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """bf16 [N, G] scale and float zero (w = (q - 8) * scale + zero) -> the kernel's layout, bf16 [N, G, 2] in
-    storage order [N/16, G, 2, 16] (per panel of 16 rows and group: 16 scales, then 16 zeros)."""
+    """bf16 [N, G] scale and float zero (w = (q - 8) * scale + zero) -> the kernel's layout, bf16 [N, G, 2]
+    holding, per panel of 16 rows and group, 16 scales then 16 zeros ([N/16, G, 2, 16]), panels paired group
+    by group as pack_q4 pairs them."""
     n, g = scale.shape
     sz = torch.stack([scale.to(torch.bfloat16), zero.to(torch.bfloat16)], dim=-1)  # [N, G, 2]
-    return sz.reshape(n // 16, 16, g, 2).permute(0, 2, 3, 1).contiguous().reshape(n, g, 2)
+    sz = sz.reshape(n // 16, 16, g, 2).permute(0, 2, 3, 1).reshape(n // 16, g, 32)
+    return _pair_panels(sz).contiguous().reshape(n, g, 2)

@@ -27,12 +27,14 @@ struct Lin {
   int kind = F32;
   int64_t N = 0, K = 0, gs = 32;
   // Q4, in column panels of 16 rows (outputs), so one vdpbf16ps computes 16 outputs at once and no
-  // horizontal sum is ever needed: panel P's codes are one sequential stream of K/2 bytes per row, 32 bytes
-  // per 4 inputs at (P * K/4 + u) * 32; byte j holds, in its low nibble, the code of row 16P + j/2 at input
-  // 4u + j%2 and, in its high nibble, the code of the same row at input 4u + 2 + j%2 (one widening and two
-  // vpermw give two vectors of 16 rows x 2 inputs, vdpbf16ps's pair layout). Scales [N/16, G, 2, 16] bf16:
-  // per panel and group 16 scales then 16 zeros, w = (q - 8) * scale + zero. kernels.pack_q4 / rows_scales
-  // write these layouts.
+  // horizontal sum is ever needed. Per panel and 4 inputs (quad u), 32 bytes: byte j holds, in its low
+  // nibble, the code of row 16P + j/2 at input 4u + j%2 and, in its high nibble, the code of the same row at
+  // input 4u + 2 + j%2 (one widening and two vpermw give two vectors of 16 rows x 2 inputs, vdpbf16ps's pair
+  // layout). Panels are stored in pairs, interleaved quad by quad, so a pair's codes are one sequential
+  // stream of 64-byte lines, (P * K/4 + 2u + P%2) * 32 for panel P (a last odd panel alone: (P * K/4 + u) *
+  // 32). Scales, bf16, per panel and group 16 scales then 16 zeros (w = (q - 8) * scale + zero), paired the
+  // same way: (P * G + 2g + P%2) * 32. One stream per pair instead of four took 1-thread batch-1 decode of
+  // the bundled model's layer shapes from 10.9 to 14.6 GB/s. kernels.pack_q4 / rows_scales write these.
   const uint8_t* q = nullptr;
   const uint16_t* sz = nullptr;
   const uint16_t* wb = nullptr;   // BF16: [N, K]
@@ -53,9 +55,9 @@ struct Act {
 };
 
 // Weights stream from memory once per token (the bundled model's 122 MB do not fit a 32 MB L3); reading
-// each row's chunk 8 rows ahead took the 576x1536 down projection from 1.6-1.9 to 0.9-1.0 ms per token.
-constexpr int PREFETCH_ROWS = 8;    // row-major kinds (BF16, F32, I8): the same chunk 8 rows ahead
-constexpr int PREFETCH_LINES = 16;  // int4: a panel's sequential stream, 16 cache lines ahead
+// 8 rows ahead took the 576x1536 down projection from 1.6-1.9 to 0.9-1.0 ms per token.
+constexpr int PREFETCH_ROWS = 8;    // row-major kinds (BF16, F32, I8): the rows 8 ahead, read in order
+constexpr int PREFETCH_LINES = 8;  // int4: a panel pair's stream, 8 quads (2 x 8 cache lines) ahead; 16 and more were slower
 
 inline __m512bh as_bh(__m512i v) {
   __m512bh r;
@@ -106,10 +108,12 @@ inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int6
   for (int t = 0; t < TM; ++t)
     for (int b = 0; b < NB; ++b) acc[t][b] = _mm512_setzero_ps();
   const int64_t K = w.K, G = K / w.gs, quads = w.gs / 4;
-  if constexpr (!DEC)  // the next tile's panels: their streams start warm
-    for (int b = 0; b < NB; ++b)
-      for (int l = 0; l < PREFETCH_LINES; ++l)
-        _mm_prefetch(reinterpret_cast<const char*>(w.q + (P0 + NB + b) * (K / 4) * 32 + l * 64), _MM_HINT_T0);
+  if constexpr (!DEC) {  // the next tile's pair: its code and scale streams start warm
+    for (int l = 0; l < PREFETCH_LINES * NB; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(w.q + (P0 + NB) * (K / 4) * 32 + l * 64), _MM_HINT_T0);
+    for (int l = 0; l < 4 * NB; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(w.sz + (P0 + NB) * G * 32 + l * 32), _MM_HINT_T0);
+  }
   for (int64_t g = 0; g < G; ++g) {
     for (int t = 0; t < TM; ++t)
       for (int b = 0; b < NB; ++b) d[t][b] = _mm512_setzero_ps();
@@ -120,8 +124,8 @@ inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int6
           lo[b] = as_bh(_mm512_loadu_si512(dec + (b * (K / 4) + u) * 64));
           hi[b] = as_bh(_mm512_loadu_si512(dec + (b * (K / 4) + u) * 64 + 32));
         } else {
-          const uint8_t* qp = w.q + ((P0 + b) * (K / 4) + u) * 32;
-          _mm_prefetch(reinterpret_cast<const char*>(qp + PREFETCH_LINES * 64), _MM_HINT_T0);
+          const uint8_t* qp = w.q + (P0 * (K / 4) + u * NB + b) * 32;  // P0 even, or NB 1 (the last panel)
+          if (b == 0) _mm_prefetch(reinterpret_cast<const char*>(qp + PREFETCH_LINES * NB * 64), _MM_HINT_T0);
           q4_widen(qp, lut, lo[b], hi[b]);
         }
       }
@@ -134,7 +138,8 @@ inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int6
       }
     }
     for (int b = 0; b < NB; ++b) {
-      const uint16_t* sp = w.sz + ((P0 + b) * G + g) * 32;
+      const uint16_t* sp = w.sz + (P0 * G + g * NB + b) * 32;
+      if constexpr (!DEC) _mm_prefetch(reinterpret_cast<const char*>(sp + 4 * NB * 32), _MM_HINT_T0);
       const __m512 sc = bf16x16(sp), zr = bf16x16(sp + 16);
       for (int t = 0; t < TM; ++t) {
         acc[t][b] = _mm512_fmadd_ps(d[t][b], sc, acc[t][b]);
@@ -154,10 +159,10 @@ inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int6
 template <int NB>
 inline void widen_panels(const Lin& w, int64_t P0, uint16_t* dec, const __m512i& lut) {
   const int64_t U = w.K / 4;
-  for (int b = 0; b < NB; ++b)
-    for (int64_t u = 0; u < U; ++u) {
+  for (int64_t u = 0; u < U; ++u)
+    for (int b = 0; b < NB; ++b) {
       __m512bh lo, hi;
-      q4_widen(w.q + ((P0 + b) * U + u) * 32, lut, lo, hi);
+      q4_widen(w.q + (P0 * U + u * NB + b) * 32, lut, lo, hi);
       std::memcpy(dec + (b * U + u) * 64, &lo, 64);
       std::memcpy(dec + (b * U + u) * 64 + 32, &hi, 64);
     }
@@ -224,13 +229,21 @@ inline void block_dense(const Lin& w, const Act& a, int64_t m0, float* y, int64_
   for (int t = 0; t < TM; ++t)
     for (int r = 0; r < RN; ++r) acc[t][r] = _mm512_setzero_ps();
   const int64_t chunks = w.K / 32;
+  constexpr int64_t ES = KIND == I8 ? 1 : KIND == BF16 ? 2 : 4;  // bytes per weight
+  // The RN rows PREFETCH_ROWS ahead are one contiguous run of RN * K weights: walk it in step with the
+  // chunks, RN * 32 weights per step, so the prefetches form one sequential stream (a strided prefetch of
+  // each row's chunk took the int8 head 3.3 ms per token on one thread; this, 1.5 ms).
+  const char* ahead = reinterpret_cast<const char*>(KIND == I8 ? static_cast<const void*>(w.q8)
+                                                    : KIND == BF16 ? static_cast<const void*>(w.wb)
+                                                                   : static_cast<const void*>(w.wf)) +
+                      (n0 + PREFETCH_ROWS) * w.K * ES;
   for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t l = 0; l < RN * 32 * ES; l += 64) _mm_prefetch(ahead + c * RN * 32 * ES + l, _MM_HINT_T0);
     if constexpr (KIND == BF16) {
       __m512i xv[TM];
       for (int t = 0; t < TM; ++t) xv[t] = _mm512_loadu_si512(a.xb + (m0 + t) * a.K + c * 32);
       for (int r = 0; r < RN; ++r) {
         const uint16_t* wp = w.wb + (n0 + r) * w.K + c * 32;
-        _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH_ROWS * w.K), _MM_HINT_T0);
         __m512bh wv = as_bh(_mm512_loadu_si512(wp));
         for (int t = 0; t < TM; ++t) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], wv, as_bh(xv[t]));
       }
@@ -244,7 +257,6 @@ inline void block_dense(const Lin& w, const Act& a, int64_t m0, float* y, int64_
         __m512 w0, w1;
         if constexpr (KIND == I8) {
           const int8_t* qp = w.q8 + (n0 + r) * w.K + c * 32;
-          _mm_prefetch(reinterpret_cast<const char*>(qp + PREFETCH_ROWS * w.K), _MM_HINT_T0);
           __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp));
           w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
           w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
@@ -345,17 +357,18 @@ struct Seg {
 };
 
 // Several GEMMs over the same M activation rows in one parallel region (q/k/v, gate/up): rows are split
-// across threads in blocks of 16; a block never straddles two matrices.
+// across threads in blocks of 32 (an int4 panel pair; the last block of a matrix may be shorter); a block
+// never straddles two matrices.
 void gemm_multi(const std::vector<Seg>& segs, const Act& a, int64_t M) {
   std::vector<int64_t> start(segs.size() + 1, 0);
-  for (size_t i = 0; i < segs.size(); ++i) start[i + 1] = start[i] + (segs[i].w->N + 15) / 16;
-  const int64_t grain = M >= 16 ? 1 : 4;
+  for (size_t i = 0; i < segs.size(); ++i) start[i + 1] = start[i] + (segs[i].w->N + 31) / 32;
+  const int64_t grain = M >= 16 ? 1 : 2;
   at::parallel_for(0, start.back(), grain, [&](int64_t b0, int64_t b1) {
     for (size_t i = 0; i < segs.size(); ++i) {
       int64_t lo = std::max(b0, start[i]), hi = std::min(b1, start[i + 1]);
       if (lo >= hi) continue;
       const Seg& s = segs[i];
-      int64_t r0 = (lo - start[i]) * 16, r1 = std::min((hi - start[i]) * 16, s.w->N);
+      int64_t r0 = (lo - start[i]) * 32, r1 = std::min((hi - start[i]) * 32, s.w->N);
       rows(*s.w, a, s.y, s.ldy, M, r0, r1);
     }
   });

@@ -30,15 +30,23 @@ def test_pack_q4_round_trip_and_layout():
     p = kernels.pack_q4(q)
     assert p.shape == (32, 48) and p.dtype == torch.uint8
     assert torch.equal(kernels.unpack_q4(p, 96), q)
-    # panels of 16 rows; per 4 inputs 32 bytes, byte j: row j/2 at input j%2 (low nibble), at 2 + j%2 (high)
+    # panels of 16 rows; per 4 inputs 32 bytes, byte j: row j/2 at input j%2 (low nibble), at 2 + j%2 (high);
+    # panels in pairs, interleaved quad by quad: panel P's quad u at (P * K/4 + 2u + P%2) * 32
     row, k4, j = 21, 7, 11  # panel 1, row 5 of it; inputs 28..31
     assert j // 2 == row % 16
-    flat = ((row // 16) * (96 // 4) + k4) * 32 + j
+    flat = (0 * (96 // 4) + 2 * k4 + 1) * 32 + j
     assert int(p.reshape(-1)[flat]) == int(q[row, 4 * k4 + j % 2]) | (int(q[row, 4 * k4 + 2 + j % 2]) << 4)
     s, z = torch.rand(32, 3).to(torch.bfloat16), torch.rand(32, 3).to(torch.bfloat16)
     sz = kernels.rows_scales(s, z).reshape(-1)
-    g = 2  # per panel and group: 16 scales, then 16 zeros
-    assert sz[((row // 16) * 3 + g) * 32 + row % 16] == s[row, g] and sz[((row // 16) * 3 + g) * 32 + 16 + row % 16] == z[row, g]
+    g = 2  # per panel and group: 16 scales, then 16 zeros; paired group by group
+    at = (0 * 3 + 2 * g + 1) * 32
+    assert sz[at + row % 16] == s[row, g] and sz[at + 16 + row % 16] == z[row, g]
+    # a last odd panel is stored alone: 48 rows = one pair and panel 2
+    q3 = torch.randint(0, 16, (48, 96), dtype=torch.int32)
+    p3 = kernels.pack_q4(q3)
+    assert torch.equal(kernels.unpack_q4(p3, 96), q3)
+    row = 40
+    assert int(p3.reshape(-1)[(2 * 24 + k4) * 32 + 2 * (row % 16)]) == int(q3[row, 4 * k4]) | (int(q3[row, 4 * k4 + 2]) << 4)
     with pytest.raises(ValueError, match="multiple-of-32"):
         kernels.pack_q4(torch.zeros(16, 48, dtype=torch.int32))
     with pytest.raises(ValueError, match="panels of 16"):
