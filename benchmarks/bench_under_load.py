@@ -6,8 +6,10 @@ competitor itself and measures, in interleaved rounds (quiet/loaded order altern
 
   decode  batch-1 greedy decode of MODEL+RECIPE in this process (the lean decoder `eval`/`study`
           time), with torch threads = all cores (the old policy) and with the free-core policy
-          (evaluate/threads.py, the default now); llama.cpp on the bundled GGUF at n_threads = cores
-          (what its users pass) as the peer.
+          (evaluate/threads.py, the default now), and with 1 thread fixed (quiet vs loaded: what a
+          thread with a core of its own loses to the competitor on the other core, which no thread
+          count recovers); llama.cpp on the bundled GGUF at n_threads = cores (what its users pass)
+          as the peer.
   serve   c1 tokens/s of two `sizewise serve` processes: one with SIZEWISE_THREADS=cores (fixed
           team), one with the default governor that resizes the team while running.
 
@@ -95,6 +97,8 @@ def bench_decode(lm, model: str, rounds: int, steps: int) -> tuple[dict, dict]:
     toks = eval_tokens(lm.tokenizer, 256)
     lcpp = _llamacpp_decoder(n) if model == "bundled" else None
     rows = {"sizewise threads=cores (old)": ([], []), "sizewise free-core threads (default)": ([], [])}
+    if n > 1:  # the rate a thread with a core to itself gets, quiet and beside the competitor: what the
+        rows["sizewise threads=1 (fixed)"] = ([], [])  # default's loaded rate is made of, and what it loses
     if lcpp:
         rows[f"llama.cpp n_threads={n}"] = ([], [])
     chosen = {"quiet": [], "loaded": []}
@@ -105,7 +109,7 @@ def bench_decode(lm, model: str, rounds: int, steps: int) -> tuple[dict, dict]:
             if name.startswith("llama.cpp"):
                 rate = lcpp(steps)
             else:
-                t = n if "old" in name else free_core_threads()
+                t = n if "old" in name else 1 if "threads=1" in name else free_core_threads()
                 if "default" in name:
                     chosen[cond].append(t)
                 torch.set_num_threads(t)
