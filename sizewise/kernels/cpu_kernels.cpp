@@ -57,7 +57,7 @@ struct Act {
 // Weights stream from memory once per token (the bundled model's 122 MB do not fit a 32 MB L3); reading
 // 8 rows ahead took the 576x1536 down projection from 1.6-1.9 to 0.9-1.0 ms per token.
 constexpr int PREFETCH_ROWS = 8;    // row-major kinds (BF16, F32, I8): the rows 8 ahead, read in order
-constexpr int PREFETCH_LINES = 8;  // int4: a panel pair's stream, 8 quads (2 x 8 cache lines) ahead; 16 and more were slower
+constexpr int PREFETCH_LINES = 8;   // int4, per panel: a pair's stream 16 lines (16 quads) ahead; 32 and more were slower
 
 inline __m512bh as_bh(__m512i v) {
   __m512bh r;
