@@ -174,7 +174,7 @@ def bench_serve(tok, model: str, recipe: str | None, rounds: int, requests: int,
         out = {k: _summ(q, l) for k, (q, l) in rows.items()}
         for k in out:
             out[k]["engine_threads"] = threads_seen[k]
-            out[k]["thread_changes"] = servers[k].metric("sizewise_engine_thread_changes")
+            out[k]["thread_changes"] = servers[k].metric("sizewise_engine_thread_changes_total")
         return out
     finally:
         for s in servers.values():
