@@ -108,6 +108,33 @@ def test_every_row_of_a_batch_is_what_it_is_alone(kind):
 
 
 @needs_ops
+@pytest.mark.parametrize("m", [1, 5, 12])
+def test_linear_multi_gives_each_weight_what_linear_gives_it_alone(m):
+    """One parallel region over several weights, split in row blocks of 32 (an int4 panel pair): matrices
+    with a lone last panel (48 and 80 rows), one that is a lone panel (16), and a row-major kind beside them
+    must each get exactly `linear`'s output, whatever the thread count."""
+    torch.manual_seed(11 + m)
+    k = 128
+    specs = []
+    for n in (48, 16, 80):
+        specs.append((kernels.Q4, kernels.pack_q4(torch.randint(0, 16, (n, k))),
+                      kernels.rows_scales(torch.rand(n, k // 32) * 0.1, torch.randn(n, k // 32) * 0.1), 32, torch.randn(n)))
+    specs.append((kernels.BF16, torch.randn(40, k).to(torch.bfloat16), torch.empty(0), 32, None))
+    x = torch.randn(m, k).to(torch.bfloat16)
+    alone = [ops.linear(x, *sp) for sp in specs]
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            ys = ops.linear_multi(x, *[list(t) for t in zip(*specs)])
+        finally:
+            torch.set_num_threads(old)
+        assert len(ys) == len(specs)
+        for y, ref in zip(ys, alone):
+            assert torch.equal(y, ref)
+
+
+@needs_ops
 def test_dense_kinds_match_their_references():
     torch.manual_seed(4)
     x = torch.randn(6, 96)
