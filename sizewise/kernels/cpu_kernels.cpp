@@ -280,19 +280,14 @@ inline void block_dense(const Lin& w, const Act& a, int64_t m0, float* y, int64_
     }
 }
 
-template <int KIND, int TM, int RN>
-inline void block(const Lin& w, const Act& a, int64_t m0, float* y, int64_t ldy, int64_t n0) {
-  block_dense<KIND, TM, RN>(w, a, m0, y, ldy, n0);
-}
-
 template <int KIND, int RN>
 inline void tokens(const Lin& w, const Act& a, float* y, int64_t ldy, int64_t m0, int64_t M, int64_t n0) {
   int64_t m = m0;
-  for (; m + 4 <= M; m += 4) block<KIND, 4, RN>(w, a, m, y + m * ldy, ldy, n0);
+  for (; m + 4 <= M; m += 4) block_dense<KIND, 4, RN>(w, a, m, y + m * ldy, ldy, n0);
   switch (M - m) {
-    case 3: block<KIND, 3, RN>(w, a, m, y + m * ldy, ldy, n0); break;
-    case 2: block<KIND, 2, RN>(w, a, m, y + m * ldy, ldy, n0); break;
-    case 1: block<KIND, 1, RN>(w, a, m, y + m * ldy, ldy, n0); break;
+    case 3: block_dense<KIND, 3, RN>(w, a, m, y + m * ldy, ldy, n0); break;
+    case 2: block_dense<KIND, 2, RN>(w, a, m, y + m * ldy, ldy, n0); break;
+    case 1: block_dense<KIND, 1, RN>(w, a, m, y + m * ldy, ldy, n0); break;
     default: break;
   }
 }
