@@ -475,6 +475,81 @@ at::Tensor linear(const at::Tensor& x, int64_t kind, const at::Tensor& w, const 
 // elementwise torch ops compute it), write k and v into the row's slot of the paged pool, then attend over
 // the row's ctx positions, read block by block through its table: softmax(q.k * scale) . v in fp32. It
 // replaces a gather of every row's blocks into a padded buffer, a mask and two batched matmuls per layer.
+// One (row, head) of decode attention over the row's ctx positions, read block by block through its table
+// (no division per position). q·k: one vector of FMAs over the head dim, then a horizontal sum; softmax in
+// fp32; the output accumulates p·v position by position. The fixed-size version keeps q and the output in
+// registers; both compute every value with the same operations in the same order.
+struct Ctx {
+  const int64_t* table;  // the row's block ids
+  int64_t block_size, n, base;  // positions; the KV head's first slot (kvh * S)
+};
+
+template <typename F>
+inline void each_slot(const Ctx& c, F&& f) {  // f(j, slot) for j = 0..n-1 in order
+  for (int64_t j = 0, b = 0; j < c.n; ++b) {
+    const int64_t first = c.base + c.table[b] * c.block_size, stop = std::min(c.n, j + c.block_size);
+    for (int64_t s = first; j < stop; ++j, ++s) f(j, s);
+  }
+}
+
+inline float softmax_in_place(float* sc, int64_t n, float mx) {  // exp(sc - mx) in place; returns 1 / sum
+  float den = 0.f;
+  for (int64_t j = 0; j < n; ++j) den += (sc[j] = std::exp(sc[j] - mx));
+  return 1.0f / den;
+}
+
+template <int C>  // head dim 16 * C, the same for q, k and v
+inline void attend_row(const Ctx& c, const float* qh, const float* kc, const float* vc, float scale, float* sc, float* o) {
+  constexpr int64_t D = 16 * C;
+  __m512 q[C], acc[C];
+  for (int i = 0; i < C; ++i) q[i] = _mm512_loadu_ps(qh + 16 * i), acc[i] = _mm512_setzero_ps();
+  float mx = -INFINITY;
+  each_slot(c, [&](int64_t j, int64_t slot) {
+    const float* kr = kc + slot * D;
+    __m512 a = _mm512_setzero_ps();
+    for (int i = 0; i < C; ++i) a = _mm512_fmadd_ps(q[i], _mm512_loadu_ps(kr + 16 * i), a);
+    sc[j] = _mm512_reduce_add_ps(a) * scale;
+    mx = std::max(mx, sc[j]);
+  });
+  const float inv = softmax_in_place(sc, c.n, mx);
+  each_slot(c, [&](int64_t j, int64_t slot) {
+    const float* vr = vc + slot * D;
+    const __m512 p = _mm512_set1_ps(sc[j] * inv);
+    for (int i = 0; i < C; ++i) acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * i), acc[i]);
+  });
+  for (int i = 0; i < C; ++i) _mm512_storeu_ps(o + 16 * i, acc[i]);
+}
+
+inline void attend_row_any(const Ctx& c, const float* qh, const float* kc, const float* vc, int64_t D, int64_t Dv,
+                           float scale, float* sc, float* o) {
+  float mx = -INFINITY;
+  each_slot(c, [&](int64_t j, int64_t slot) {
+    const float* kr = kc + slot * D;
+    float acc = 0.f;
+    if (D % 16 == 0) {
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + d), _mm512_loadu_ps(kr + d), a);
+      acc = _mm512_reduce_add_ps(a);
+    } else {
+      for (int64_t d = 0; d < D; ++d) acc += qh[d] * kr[d];
+    }
+    sc[j] = acc * scale;
+    mx = std::max(mx, sc[j]);
+  });
+  const float inv = softmax_in_place(sc, c.n, mx);
+  for (int64_t d = 0; d < Dv; ++d) o[d] = 0.f;
+  each_slot(c, [&](int64_t j, int64_t slot) {
+    const float* vr = vc + slot * Dv;
+    const float p = sc[j] * inv;
+    if (Dv % 16 == 0) {
+      for (int64_t d = 0; d < Dv; d += 16)
+        _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_set1_ps(p), _mm512_loadu_ps(vr + d), _mm512_loadu_ps(o + d)));
+    } else {
+      for (int64_t d = 0; d < Dv; ++d) o[d] += p * vr[d];
+    }
+  });
+}
+
 at::Tensor paged_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::Tensor kpool,
                            at::Tensor vpool, const at::Tensor& slots_in, const at::Tensor& tables_in,
                            const at::Tensor& ctx_in, const at::Tensor& cos_in, const at::Tensor& sin_in,
@@ -526,39 +601,16 @@ at::Tensor paged_attention(const at::Tensor& q_in, const at::Tensor& k_in, const
   at::parallel_for(0, T * H, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> sc;
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / H, h = i % H, kvh = h / rep, n = cx[t];
+      const int64_t t = i / H, h = i % H, n = cx[t];
       sc.resize(n);
       const float* qh = qp + (t * H + h) * D;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t slot = tb[t * nb + j / block_size] * block_size + j % block_size;
-        const float* kr = kc + (kvh * S + slot) * D;
-        float acc = 0.f;
-        if (D % 16 == 0) {
-          __m512 a = _mm512_setzero_ps();
-          for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + d), _mm512_loadu_ps(kr + d), a);
-          acc = _mm512_reduce_add_ps(a);
-        } else {
-          for (int64_t d = 0; d < D; ++d) acc += qh[d] * kr[d];
-        }
-        sc[j] = acc * scale;
-        mx = std::max(mx, sc[j]);
-      }
-      float den = 0.f;
-      for (int64_t j = 0; j < n; ++j) den += (sc[j] = std::exp(sc[j] - mx));
-      const float inv = 1.0f / den;
       float* o = op + t * H * Dv + h * Dv;
-      for (int64_t d = 0; d < Dv; ++d) o[d] = 0.f;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t slot = tb[t * nb + j / block_size] * block_size + j % block_size;
-        const float* vr = vc + (kvh * S + slot) * Dv;
-        const float p = sc[j] * inv;
-        if (Dv % 16 == 0) {
-          for (int64_t d = 0; d < Dv; d += 16)
-            _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_set1_ps(p), _mm512_loadu_ps(vr + d), _mm512_loadu_ps(o + d)));
-        } else {
-          for (int64_t d = 0; d < Dv; ++d) o[d] += p * vr[d];
-        }
+      const Ctx c{tb + t * nb, block_size, n, (h / rep) * S};
+      switch (D == Dv ? D : 0) {  // head dims of 32, 64, 128: q and the output stay in registers
+        case 32: attend_row<2>(c, qh, kc, vc, scale, sc.data(), o); break;
+        case 64: attend_row<4>(c, qh, kc, vc, scale, sc.data(), o); break;
+        case 128: attend_row<8>(c, qh, kc, vc, scale, sc.data(), o); break;
+        default: attend_row_any(c, qh, kc, vc, D, Dv, scale, sc.data(), o); break;
       }
     }
   });
