@@ -91,6 +91,7 @@ class LeanDecoder:
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
         self.pos = 0
         self._plans = None
+        self._stack = None  # decode.stack handles when every layer takes the whole-layer kernel
         self.fused_why = "not asked for" if not fused else self._fused_check()
 
     def _fused_check(self) -> str | None:
@@ -113,6 +114,7 @@ class LeanDecoder:
             self._plans = [decode.LayerPlan.build(*L.norms, L.q, L.k, L.v, L.o, L.gate, L.up, L.down, self.act,
                                                   getattr(L.attn, "scaling", self.head_dim ** -0.5))
                            for L in self.layers]
+            self._stack = decode.stack(self._plans, self.head_dim)
         b = ids.shape[0]
         p = self.pos
         rows = torch.arange(b)
@@ -120,7 +122,9 @@ class LeanDecoder:
         ctx = torch.full((b,), p + 1, dtype=torch.long)
         cos, sin = self.cos[p:p + 1].expand(b, -1), self.sin[p:p + 1].expand(b, -1)
         h = self.embed(ids[:, 0]).to(self.dtype)
-        for i, plan in enumerate(self._plans):
+        if self._stack is not None:
+            h = decode.run_stack(self._stack, h, self.k_cache, self.v_cache, slots, tables, ctx, cos, sin, self.max_len)
+        for i, plan in enumerate(self._plans if self._stack is None else ()):
             h = decode.layer(plan, h, self.head_dim, self.k_cache[i], self.v_cache[i], slots, tables, ctx, cos, sin,
                              self.max_len)
         h = F.rms_norm(h, (h.shape[-1],), self.norm_w, self.norm_eps)

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <memory>
 #include <cstring>
 #include <vector>
 
@@ -550,37 +551,57 @@ inline void attend_row_any(const Ctx& c, const float* qh, const float* kc, const
   });
 }
 
-at::Tensor paged_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::Tensor kpool,
-                           at::Tensor vpool, const at::Tensor& slots_in, const at::Tensor& tables_in,
-                           const at::Tensor& ctx_in, const at::Tensor& cos_in, const at::Tensor& sin_in,
-                           int64_t block_size, double scale_d) {
-  // copies: q and k are rotated in these buffers, never in the caller's tensors
-  at::Tensor q = q_in.to(at::kFloat, false, true).contiguous(), k = k_in.to(at::kFloat, false, true).contiguous();
-  at::Tensor v = v_in.to(at::kFloat).contiguous();
-  at::Tensor cos = as_f32(cos_in), sin = as_f32(sin_in);
-  at::Tensor slots = slots_in.to(at::kLong).contiguous(), tables = tables_in.to(at::kLong).contiguous();
-  at::Tensor ctx = ctx_in.to(at::kLong).contiguous();
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q, k, v: [T, heads, D]");
-  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), Hk = k.size(1), Dv = v.size(2);
-  TORCH_CHECK(D % 2 == 0 && H % Hk == 0 && k.size(2) == D, "head shapes do not match");
-  TORCH_CHECK(kpool.scalar_type() == at::kFloat && vpool.scalar_type() == at::kFloat && kpool.is_contiguous() &&
-              vpool.is_contiguous(), "KV pool: contiguous fp32 [Hk, slots, D]");
-  TORCH_CHECK(kpool.size(0) == Hk && kpool.size(2) == D && vpool.size(2) == Dv, "KV pool shape does not match k/v");
-  TORCH_CHECK(cos.size(0) == T && cos.size(1) == D && sin.sizes() == cos.sizes(), "cos/sin: [T, D]");
-  TORCH_CHECK(slots.numel() == T && ctx.numel() == T && tables.dim() == 2 && tables.size(0) == T, "one slot, table and length per row");
-  const int64_t S = kpool.size(1), nb = tables.size(1), half = D / 2, rep = H / Hk;
-  float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
-  float *kc = kpool.data_ptr<float>(), *vc = vpool.data_ptr<float>();
-  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
-  const int64_t *sl = slots.data_ptr<int64_t>(), *tb = tables.data_ptr<int64_t>(), *cx = ctx.data_ptr<int64_t>();
-  for (int64_t t = 0; t < T; ++t) {
-    TORCH_CHECK(sl[t] >= 0 && sl[t] < S, "slot out of range");
-    TORCH_CHECK(cx[t] >= 1 && cx[t] <= nb * block_size, "context longer than the row's block table");
-    for (int64_t i = 0; i < cx[t]; i += block_size) {
-      const int64_t blk = tb[t * nb + i / block_size];
-      TORCH_CHECK(blk >= 0 && (blk + 1) * block_size <= S, "block id out of range");
+// The rows' slots, block tables, context lengths and rotary tables, converted and checked once per step
+// (a stack of layers shares them).
+struct Paged {
+  at::Tensor slots, tables, ctx, cos, sin;  // holders
+  const int64_t *sl = nullptr, *tb = nullptr, *cx = nullptr;
+  const float *cp = nullptr, *sp = nullptr;
+  int64_t T = 0, nb = 0, block_size = 0, D = 0;
+};
+
+Paged prep_paged(const at::Tensor& slots_in, const at::Tensor& tables_in, const at::Tensor& ctx_in, const at::Tensor& cos_in,
+                 const at::Tensor& sin_in, int64_t block_size, int64_t T, int64_t D) {
+  Paged m;
+  m.cos = as_f32(cos_in), m.sin = as_f32(sin_in);
+  m.slots = slots_in.to(at::kLong).contiguous(), m.tables = tables_in.to(at::kLong).contiguous();
+  m.ctx = ctx_in.to(at::kLong).contiguous();
+  TORCH_CHECK(m.cos.dim() == 2 && m.cos.size(0) == T && m.cos.size(1) == D && m.sin.sizes() == m.cos.sizes(), "cos/sin: [T, D]");
+  TORCH_CHECK(m.slots.numel() == T && m.ctx.numel() == T && m.tables.dim() == 2 && m.tables.size(0) == T,
+              "one slot, table and length per row");
+  TORCH_CHECK(block_size >= 1, "block size must be positive");
+  m.sl = m.slots.data_ptr<int64_t>(), m.tb = m.tables.data_ptr<int64_t>(), m.cx = m.ctx.data_ptr<int64_t>();
+  m.cp = m.cos.data_ptr<float>(), m.sp = m.sin.data_ptr<float>();
+  m.T = T, m.nb = m.tables.size(1), m.block_size = block_size, m.D = D;
+  return m;
+}
+
+// Every slot and every block a row reads lies in a pool of S slots; checked before anything is written.
+void check_paged(const Paged& m, int64_t S) {
+  for (int64_t t = 0; t < m.T; ++t) {
+    TORCH_CHECK(m.sl[t] >= 0 && m.sl[t] < S, "slot out of range");
+    TORCH_CHECK(m.cx[t] >= 1 && m.cx[t] <= m.nb * m.block_size, "context longer than the row's block table");
+    for (int64_t i = 0; i < m.cx[t]; i += m.block_size) {
+      const int64_t blk = m.tb[t * m.nb + i / m.block_size];
+      TORCH_CHECK(blk >= 0 && (blk + 1) * m.block_size <= S, "block id out of range");
     }
-    const float *c = cp + t * D, *s = sp + t * D;
+  }
+}
+
+void check_pools(const at::Tensor& kpool, const at::Tensor& vpool, int64_t Hk, int64_t D, int64_t Dv) {
+  TORCH_CHECK(kpool.scalar_type() == at::kFloat && vpool.scalar_type() == at::kFloat && kpool.is_contiguous() &&
+              vpool.is_contiguous() && kpool.dim() == 3 && vpool.dim() == 3, "KV pool: contiguous fp32 [Hk, slots, D]");
+  TORCH_CHECK(kpool.size(0) == Hk && kpool.size(2) == D && vpool.size(0) == Hk && vpool.size(1) == kpool.size(1) &&
+              vpool.size(2) == Dv, "KV pool shape does not match k/v");
+}
+
+// q [T, H, D] and k [T, Hk, D] (rotated here, in place), v [T, Hk, Dv] -> out [T, H * Dv]; writes k and v into
+// each row's slot of the pools (already checked).
+void attend(float* qp, float* kp, const float* vp, int64_t H, int64_t Hk, int64_t Dv, float* kc, float* vc, int64_t S,
+            const Paged& m, float scale, float* op) {
+  const int64_t T = m.T, D = m.D, half = D / 2, rep = H / Hk, nb = m.nb;
+  for (int64_t t = 0; t < T; ++t) {
+    const float *c = m.cp + t * D, *s = m.sp + t * D;
     for (int64_t h = 0; h < H + Hk; ++h) {
       float* x = h < H ? qp + (t * H + h) * D : kp + (t * Hk + (h - H)) * D;
       for (int64_t i = 0; i < half; ++i) {
@@ -591,13 +612,13 @@ at::Tensor paged_attention(const at::Tensor& q_in, const at::Tensor& k_in, const
       }
     }
     for (int64_t h = 0; h < Hk; ++h) {
-      std::memcpy(kc + (h * S + sl[t]) * D, kp + (t * Hk + h) * D, D * sizeof(float));
-      std::memcpy(vc + (h * S + sl[t]) * Dv, vp + (t * Hk + h) * Dv, Dv * sizeof(float));
+      std::memcpy(kc + (h * S + m.sl[t]) * D, kp + (t * Hk + h) * D, D * sizeof(float));
+      std::memcpy(vc + (h * S + m.sl[t]) * Dv, vp + (t * Hk + h) * Dv, Dv * sizeof(float));
     }
   }
-  at::Tensor out = at::empty({T, H * Dv}, q.options());
-  float* op = out.data_ptr<float>();
-  const float scale = static_cast<float>(scale_d);
+  const int64_t* tb = m.tb;
+  const int64_t* cx = m.cx;
+  const int64_t block_size = m.block_size;
   at::parallel_for(0, T * H, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> sc;
     for (int64_t i = i0; i < i1; ++i) {
@@ -614,6 +635,25 @@ at::Tensor paged_attention(const at::Tensor& q_in, const at::Tensor& k_in, const
       }
     }
   });
+}
+
+at::Tensor paged_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::Tensor kpool,
+                           at::Tensor vpool, const at::Tensor& slots_in, const at::Tensor& tables_in,
+                           const at::Tensor& ctx_in, const at::Tensor& cos_in, const at::Tensor& sin_in,
+                           int64_t block_size, double scale_d) {
+  // copies: q and k are rotated in these buffers, never in the caller's tensors
+  at::Tensor q = q_in.to(at::kFloat, false, true).contiguous(), k = k_in.to(at::kFloat, false, true).contiguous();
+  at::Tensor v = v_in.to(at::kFloat).contiguous();
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q, k, v: [T, heads, D]");
+  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), Hk = k.size(1), Dv = v.size(2);
+  TORCH_CHECK(D % 2 == 0 && Hk >= 1 && H % Hk == 0 && k.size(2) == D && k.size(0) == T && v.size(0) == T && v.size(1) == Hk,
+              "head shapes do not match");
+  check_pools(kpool, vpool, Hk, D, Dv);
+  const Paged m = prep_paged(slots_in, tables_in, ctx_in, cos_in, sin_in, block_size, T, D);
+  check_paged(m, kpool.size(1));
+  at::Tensor out = at::empty({T, H * Dv}, q.options());
+  attend(q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), H, Hk, Dv, kpool.data_ptr<float>(),
+         vpool.data_ptr<float>(), kpool.size(1), m, static_cast<float>(scale_d), out.data_ptr<float>());
   return out;
 }
 
@@ -627,9 +667,104 @@ inline void rms_norm_rows(const float* x, const float* w, float eps, float* y, i
   }
 }
 
-// h [B, H] fp32 -> h after one Llama-family layer, one new token per row: RMSNorm, q/k/v in one parallel
-// region, paged_attention, o, residual, RMSNorm, gate/up in one region, SiLU(gate) * up, down, residual.
-// Weights: 7 (kind, tensor, scales, group size, bias) in the order q k v o gate up down.
+// One Llama-family layer's weights for decode, checked and converted once (a model's stack keeps one per layer):
+// RMSNorm weights in fp32, 7 projections (kind, tensor, scales, group size, bias) in the order q k v o gate up down.
+struct DecLayer {
+  std::vector<Lin> L;
+  at::Tensor n1, n2;
+  float eps1 = 0, eps2 = 0, scale = 0;
+  int64_t head_dim = 0, H = 0;
+};
+
+std::shared_ptr<DecLayer> make_dec_layer(const at::Tensor& n1w, double eps1, const at::Tensor& n2w, double eps2,
+                                         const std::vector<int64_t>& kinds, const std::vector<at::Tensor>& ws,
+                                         const std::vector<at::Tensor>& szs, const std::vector<int64_t>& gss,
+                                         const std::vector<c10::optional<at::Tensor>>& biases, double scale,
+                                         int64_t head_dim) {
+  TORCH_CHECK(kinds.size() == 7 && ws.size() == 7 && szs.size() == 7 && gss.size() == 7 && biases.size() == 7,
+              "7 weights: q k v o gate up down");
+  auto d = std::make_shared<DecLayer>();
+  d->L.reserve(7);
+  for (int i = 0; i < 7; ++i) d->L.push_back(make_lin(kinds[i], ws[i], szs[i], gss[i], biases[i]));
+  const std::vector<Lin>& L = d->L;
+  const int64_t H = L[3].N, I = L[4].N;
+  TORCH_CHECK(L[0].K == H && L[1].K == H && L[2].K == H && L[4].K == H && L[5].K == H && L[5].N == I &&
+              L[6].N == H && L[6].K == I, "projection shapes do not fit a Llama layer");
+  TORCH_CHECK(head_dim >= 2 && head_dim % 2 == 0 && L[0].N % head_dim == 0 && L[1].N % head_dim == 0 &&
+              L[2].N == L[1].N && L[3].K == L[0].N, "head_dim does not divide q/k/v, or v and o do not fit");
+  const int64_t Hq = L[0].N / head_dim, Hk = L[1].N / head_dim;
+  TORCH_CHECK(Hk >= 1 && Hq % Hk == 0, "query heads must be a multiple of KV heads");
+  d->n1 = as_f32(n1w), d->n2 = as_f32(n2w);
+  TORCH_CHECK(d->n1.numel() == H && d->n2.numel() == H, "norm weights must have hidden size entries");
+  d->eps1 = static_cast<float>(eps1), d->eps2 = static_cast<float>(eps2), d->scale = static_cast<float>(scale);
+  d->head_dim = head_dim, d->H = H;
+  return d;
+}
+
+// Work buffers for B rows, allocated once per step and reused by every layer.
+struct Step {
+  std::vector<float> x, q, k, v, o, g, u, t;
+  ActBuf buf;
+  Step(const DecLayer& d, int64_t B)
+      : x(B * d.H), q(B * d.L[0].N), k(B * d.L[1].N), v(B * d.L[2].N), o(B * d.L[0].N), g(B * d.L[4].N),
+        u(B * d.L[4].N), t(B * d.H) {}
+};
+
+// h [B, H] fp32, updated in place: RMSNorm, q/k/v in one parallel region, attention, o, residual, RMSNorm,
+// gate/up in one region, SiLU(gate) * up, down, residual.
+void layer_step(const DecLayer& d, float* hp, int64_t B, Step& w, float* kc, float* vc, int64_t S, const Paged& m) {
+  const std::vector<Lin>& L = d.L;
+  const int64_t H = d.H, nq = L[0].N, nk = L[1].N, nv = L[2].N, I = L[4].N, hd = d.head_dim;
+  float *xp = w.x.data(), *tp = w.t.data(), *gp = w.g.data(), *up = w.u.data();
+  rms_norm_rows(hp, d.n1.data_ptr<float>(), d.eps1, xp, B, H);
+  w.buf.from_f32(xp, B, H);
+  gemm_multi({Seg{&L[0], w.q.data(), nq}, Seg{&L[1], w.k.data(), nk}, Seg{&L[2], w.v.data(), nv}}, w.buf.act, B);
+  attend(w.q.data(), w.k.data(), w.v.data(), nq / hd, nk / hd, nv / (nk / hd), kc, vc, S, m, d.scale, w.o.data());
+  w.buf.from_f32(w.o.data(), B, nq);
+  gemm_multi({Seg{&L[3], tp, H}}, w.buf.act, B);
+  for (int64_t i = 0; i < B * H; ++i) hp[i] += tp[i];
+  rms_norm_rows(hp, d.n2.data_ptr<float>(), d.eps2, xp, B, H);
+  w.buf.from_f32(xp, B, H);
+  gemm_multi({Seg{&L[4], gp, I}, Seg{&L[5], up, I}}, w.buf.act, B);
+  for (int64_t i = 0; i < B * I; ++i) gp[i] = (gp[i] / (1.0f + std::exp(-gp[i]))) * up[i];
+  w.buf.from_f32(gp, B, I);
+  gemm_multi({Seg{&L[6], tp, H}}, w.buf.act, B);
+  for (int64_t i = 0; i < B * H; ++i) hp[i] += tp[i];
+}
+
+// h [B, H] -> h after every layer of `layers` (one new token per row), layer i reading and writing pools i:
+// one call per decode step, so Python and argument conversion are paid once, not once per layer.
+at::Tensor decode_stack(const at::Tensor& h_in, const std::vector<std::shared_ptr<DecLayer>>& layers,
+                        const std::vector<at::Tensor>& kpools, const std::vector<at::Tensor>& vpools,
+                        const at::Tensor& slots, const at::Tensor& tables, const at::Tensor& ctx, const at::Tensor& cos,
+                        const at::Tensor& sin, int64_t block_size) {
+  TORCH_CHECK(!layers.empty() && kpools.size() == layers.size() && vpools.size() == layers.size(),
+              "one K pool and one V pool per layer");
+  at::Tensor h = h_in.to(at::kFloat, false, true).contiguous();
+  TORCH_CHECK(h.dim() == 2, "h must be [B, hidden]");
+  const int64_t B = h.size(0);
+  for (size_t i = 0; i < layers.size(); ++i) TORCH_CHECK(layers[i], "layer ", i, " is None");
+  const DecLayer& d0 = *layers[0];
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const DecLayer& d = *layers[i];
+    TORCH_CHECK(d.H == h.size(1), "h must be [B, ", d.H, "]");
+    TORCH_CHECK(d.head_dim == d0.head_dim && d.L[0].N == d0.L[0].N && d.L[1].N == d0.L[1].N && d.L[2].N == d0.L[2].N &&
+                d.L[4].N == d0.L[4].N, "every layer of a stack must have the same shapes");
+    const int64_t Hk = d.L[1].N / d.head_dim;
+    check_pools(kpools[i], vpools[i], Hk, d.head_dim, d.L[2].N / Hk);
+    TORCH_CHECK(kpools[i].size(1) == kpools[0].size(1), "every layer's pool must have the same slots");
+  }
+  const Paged m = prep_paged(slots, tables, ctx, cos, sin, block_size, B, d0.head_dim);
+  const int64_t S = kpools[0].size(1);
+  check_paged(m, S);
+  Step w(d0, B);
+  float* hp = h.data_ptr<float>();
+  for (size_t i = 0; i < layers.size(); ++i)
+    layer_step(*layers[i], hp, B, w, kpools[i].data_ptr<float>(), vpools[i].data_ptr<float>(), S, m);
+  return h;
+}
+
+// One layer, weights passed per call (the stack's step for a single layer).
 at::Tensor decode_layer(const at::Tensor& h_in, const at::Tensor& n1w, double eps1, const at::Tensor& n2w, double eps2,
                         const std::vector<int64_t>& kinds, const std::vector<at::Tensor>& ws,
                         const std::vector<at::Tensor>& szs, const std::vector<int64_t>& gss,
@@ -637,45 +772,8 @@ at::Tensor decode_layer(const at::Tensor& h_in, const at::Tensor& n1w, double ep
                         const at::Tensor& slots, const at::Tensor& tables, const at::Tensor& ctx,
                         const at::Tensor& cos, const at::Tensor& sin, int64_t block_size, double scale,
                         int64_t head_dim) {
-  TORCH_CHECK(kinds.size() == 7 && ws.size() == 7 && szs.size() == 7 && gss.size() == 7 && biases.size() == 7,
-              "7 weights: q k v o gate up down");
-  at::Tensor h = h_in.to(at::kFloat, false, true).contiguous();
-  TORCH_CHECK(h.dim() == 2, "h must be [B, hidden]");
-  const int64_t B = h.size(0), H = h.size(1);
-  std::vector<Lin> L;
-  L.reserve(7);
-  for (int i = 0; i < 7; ++i) L.push_back(make_lin(kinds[i], ws[i], szs[i], gss[i], biases[i]));
-  const int64_t nq = L[0].N, nk = L[1].N, nv = L[2].N, I = L[4].N;
-  TORCH_CHECK(L[0].K == H && L[1].K == H && L[2].K == H && L[4].K == H && L[5].K == H && L[5].N == I &&
-              L[3].N == H && L[6].N == H && L[6].K == I, "projection shapes do not fit a Llama layer");
-  at::Tensor w1 = as_f32(n1w), w2 = as_f32(n2w);
-  auto opt = h.options();
-  at::Tensor x = at::empty({B, H}, opt), q = at::empty({B, nq}, opt), k = at::empty({B, nk}, opt),
-             v = at::empty({B, nv}, opt), g = at::empty({B, I}, opt), u = at::empty({B, I}, opt),
-             t = at::empty({B, H}, opt);
-  float *hp = h.data_ptr<float>(), *xp = x.data_ptr<float>(), *tp = t.data_ptr<float>();
-  rms_norm_rows(hp, w1.data_ptr<float>(), static_cast<float>(eps1), xp, B, H);
-  ActBuf buf;
-  buf.from_f32(xp, B, H);
-  gemm_multi({Seg{&L[0], q.data_ptr<float>(), nq}, Seg{&L[1], k.data_ptr<float>(), nk}, Seg{&L[2], v.data_ptr<float>(), nv}},
-             buf.act, B);
-  at::Tensor o = paged_attention(q.view({B, -1, head_dim}), k.view({B, -1, head_dim}), v.view({B, -1, head_dim}), kpool,
-                                 vpool, slots, tables, ctx, cos, sin, block_size, scale);
-  TORCH_CHECK(o.size(1) == L[3].K, "attention output does not fit o_proj");
-  ActBuf bo;
-  bo.from_f32(o.data_ptr<float>(), B, o.size(1));
-  gemm_multi({Seg{&L[3], tp, H}}, bo.act, B);
-  for (int64_t i = 0; i < B * H; ++i) hp[i] += tp[i];
-  rms_norm_rows(hp, w2.data_ptr<float>(), static_cast<float>(eps2), xp, B, H);
-  buf.from_f32(xp, B, H);
-  gemm_multi({Seg{&L[4], g.data_ptr<float>(), I}, Seg{&L[5], u.data_ptr<float>(), I}}, buf.act, B);
-  float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
-  for (int64_t i = 0; i < B * I; ++i) gp[i] = (gp[i] / (1.0f + std::exp(-gp[i]))) * up[i];
-  ActBuf bi;
-  bi.from_f32(gp, B, I);
-  gemm_multi({Seg{&L[6], tp, H}}, bi.act, B);
-  for (int64_t i = 0; i < B * H; ++i) hp[i] += tp[i];
-  return h;
+  return decode_stack(h_in, {make_dec_layer(n1w, eps1, n2w, eps2, kinds, ws, szs, gss, biases, scale, head_dim)}, {kpool},
+                      {vpool}, slots, tables, ctx, cos, sin, block_size);
 }
 
 }  // namespace
@@ -686,6 +784,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_multi", &linear_multi, "several `linear`s on the same x in one parallel region",
         py::call_guard<py::gil_scoped_release>());
   m.def("decode_layer", &decode_layer, "one Llama-family layer for one new token per row (see the source)",
+        py::call_guard<py::gil_scoped_release>());
+  py::class_<DecLayer, std::shared_ptr<DecLayer>>(m, "DecLayer", "one layer's decode weights, checked once");
+  m.def("make_dec_layer", &make_dec_layer, "a DecLayer from the same weight arguments decode_layer takes, plus scale and head_dim");
+  m.def("decode_stack", &decode_stack, "every layer of a stack for one new token per row, in one call",
         py::call_guard<py::gil_scoped_release>());
   m.def("paged_attention", &paged_attention, "rope, KV write and attention over a paged pool for one new token per row",
         py::call_guard<py::gil_scoped_release>());

@@ -112,6 +112,7 @@ class ModelRunner:
         self.cfg = model.config
         self.fused_decode, self.fused_why = self._fused_decode_check()
         self._plans = None  # per layer: kernels/decode.LayerPlan, built on the first fused decode step
+        self._stack = None  # decode.stack handles (every layer on the whole-layer kernel), built with _plans
 
     def _fused_decode_check(self) -> tuple[bool, str | None]:
         """Whether decode-only steps can take `_decode_fused` (kernels/decode.py), and why not."""
@@ -186,6 +187,7 @@ class ModelRunner:
                                                   L.self_attn.k_proj, L.self_attn.v_proj, L.self_attn.o_proj,
                                                   L.mlp.gate_proj, L.mlp.up_proj, L.mlp.down_proj, L.mlp.act_fn,
                                                   L.self_attn.scaling) for L in self.dec.layers]
+            self._stack = decode.stack(self._plans, self.pool.layout.head_dim)
         ids = torch.tensor([s.tokens[0] for s in batch], dtype=torch.long)
         pos = torch.tensor([s.start for s in batch], dtype=torch.long)
         slots = torch.tensor([self.pool.slots(s.seq_id, s.start, s.start + 1)[0] for s in batch], dtype=torch.long)
@@ -194,7 +196,10 @@ class ModelRunner:
         h = self.dec.embed_tokens(ids[None])  # [1, B, hidden]
         cos, sin = self.dec.rotary_emb(h, pos[None])
         h = h[0]
-        for li, plan in enumerate(self._plans):
+        if self._stack is not None:
+            h = decode.run_stack(self._stack, h, self.pool.k, self.pool.v, slots, tables, ctx_t, cos[0], sin[0],
+                                 self.pool.block_size)
+        for li, plan in enumerate(self._plans if self._stack is None else ()):
             h = decode.layer(plan, h, self.pool.layout.head_dim, self.pool.k[li], self.pool.v[li], slots, tables,
                              ctx_t, cos[0], sin[0], self.pool.block_size)
         return self.model.lm_head(self.dec.norm(h)).float()

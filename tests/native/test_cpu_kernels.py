@@ -287,3 +287,70 @@ def test_paged_attention_matches_a_gathered_softmax_reference(D):
     assert torch.equal(kp[:, untouched], kpool[:, untouched]) and torch.equal(vp[:, untouched], vpool[:, untouched])
     with pytest.raises(RuntimeError, match="block table"):
         ops.paged_attention(q, k, v, kp, vp, slots, tables, torch.tensor([1, 3, 9, 17, 13]), cos, sin, bs, 0.1)
+
+
+def _int4_llama(layers: int = 3):
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sizewise.compression.apply import compress
+    from sizewise.compression.recipes import get_recipe
+
+    torch.manual_seed(11)
+    cfg = LlamaConfig(vocab_size=160, hidden_size=256, intermediate_size=512, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return compress(copy.deepcopy(LlamaForCausalLM(cfg).eval()), get_recipe("int4-g32"))
+
+
+@needs_ops
+def test_decode_stack_is_the_layers_one_call_at_a_time(monkeypatch):
+    """One decode_stack call per step gives bit for bit the logits and KV caches of one decode_layer call per
+    layer (the lean decoder with and without the stack)."""
+    from sizewise.evaluate.generate import make_decoder
+    from sizewise.kernels import decode
+
+    model = _int4_llama()
+    prompt = torch.randint(0, 160, (2, 9), generator=torch.Generator().manual_seed(3))
+    runs = []
+    for use_stack in (True, False):
+        if not use_stack:
+            monkeypatch.setattr(decode, "stack", lambda plans, head_dim: None)
+        dec = make_decoder(model, 2, 64)
+        with torch.inference_mode():
+            tok = dec.forward(prompt).argmax(-1, keepdim=True)
+            logits = [dec.forward(tok)]
+            logits.append(dec.forward(logits[-1].argmax(-1, keepdim=True)))
+        assert (dec._stack is not None) == use_stack and dec._plans is not None
+        runs.append((torch.cat(logits), dec.k_cache + dec.v_cache))
+    (a, ca), (b, cb) = runs
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(ca, cb))
+
+
+@needs_ops
+def test_decode_stack_refuses_what_does_not_fit():
+    from sizewise.kernels import decode
+
+    model = _int4_llama(2)
+    L = model.model.layers
+    plans = [decode.LayerPlan.build(l.input_layernorm, l.post_attention_layernorm, l.self_attn.q_proj, l.self_attn.k_proj,
+                                    l.self_attn.v_proj, l.self_attn.o_proj, l.mlp.gate_proj, l.mlp.up_proj,
+                                    l.mlp.down_proj, l.mlp.act_fn, 0.125) for l in L]
+    handles = decode.stack(plans, 64)
+    assert handles is not None and len(handles) == 2
+    pools = [torch.zeros(2, 32, 64) for _ in range(2)]
+    h = torch.randn(1, 256)
+    args = (torch.tensor([3]), torch.tensor([[0]]), torch.tensor([4]), torch.randn(1, 64), torch.randn(1, 64), 32)
+    out = ops.decode_stack(h, handles, pools, [p.clone() for p in pools], *args)
+    assert out.shape == h.shape and not torch.equal(out, h)
+    with pytest.raises(RuntimeError, match="one K pool and one V pool per layer"):
+        ops.decode_stack(h, handles, pools[:1], pools, *args)
+    with pytest.raises(RuntimeError, match="KV pool shape"):
+        ops.decode_stack(h, handles, [torch.zeros(3, 32, 64)] * 2, pools, *args)
+    with pytest.raises(RuntimeError, match="h must be"):
+        ops.decode_stack(torch.randn(1, 128), handles, pools, pools, *args)
+    with pytest.raises(RuntimeError, match="slot out of range"):
+        ops.decode_stack(h, handles, pools, pools, torch.tensor([40]), *args[1:])
+    with pytest.raises(RuntimeError, match="head_dim"):
+        ops.make_dec_layer(plans[0].n1_w, 1e-6, plans[0].n2_w, 1e-6, *plans[0].whole, 0.125, 60)
