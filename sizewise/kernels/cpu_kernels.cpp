@@ -16,8 +16,8 @@
 #include <immintrin.h>
 
 #include <cmath>
-#include <memory>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -616,17 +616,14 @@ void attend(float* qp, float* kp, const float* vp, int64_t H, int64_t Hk, int64_
       std::memcpy(vc + (h * S + m.sl[t]) * Dv, vp + (t * Hk + h) * Dv, Dv * sizeof(float));
     }
   }
-  const int64_t* tb = m.tb;
-  const int64_t* cx = m.cx;
-  const int64_t block_size = m.block_size;
   at::parallel_for(0, T * H, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> sc;
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / H, h = i % H, n = cx[t];
+      const int64_t t = i / H, h = i % H, n = m.cx[t];
       sc.resize(n);
       const float* qh = qp + (t * H + h) * D;
       float* o = op + t * H * Dv + h * Dv;
-      const Ctx c{tb + t * nb, block_size, n, (h / rep) * S};
+      const Ctx c{m.tb + t * nb, m.block_size, n, (h / rep) * S};
       switch (D == Dv ? D : 0) {  // head dims of 32, 64, 128: q and the output stay in registers
         case 32: attend_row<2>(c, qh, kc, vc, scale, sc.data(), o); break;
         case 64: attend_row<4>(c, qh, kc, vc, scale, sc.data(), o); break;
