@@ -9,7 +9,9 @@ competitor itself and measures, in interleaved rounds (quiet/loaded order altern
           (evaluate/threads.py, the default now), and with 1 thread fixed (quiet vs loaded: what a
           thread with a core of its own loses to the competitor on the other core, which no thread
           count recovers); llama.cpp on the bundled GGUF at n_threads = cores (what its users pass)
-          as the peer.
+          as the peer; and a plain streaming read of as many bytes as the weights (the kernels'
+          `stream_read`, default threads) as the memory ceiling: decode streams every weight once per
+          token, so what one core reads against what all read bounds what decode can keep.
   serve   c1 tokens/s of two `sizewise serve` processes: one with SIZEWISE_THREADS=cores (fixed
           team), one with the default governor that resizes the team while running.
 
@@ -85,6 +87,42 @@ def _summ(quiet: list[float], loaded: list[float]) -> dict:
             "retained_range": [min(ratios), max(ratios)]}
 
 
+READ_ROW = "plain read of the weights' bytes, default threads (memory ceiling)"
+
+
+def _read_probe(model):
+    """A timer for one plain streaming read of as many bytes as the model's weights (GB/s, median of 5).
+
+    Batch-1 decode streams every weight once per token, so it can keep under load at most about what a
+    plain read keeps: with one core taken, the default runs one thread, and one core of this machine reads
+    less than two. Measured in the same rounds as the decode rows, it is the ceiling beside them."""
+    import torch
+
+    from sizewise import kernels
+
+    ops = kernels.ops()
+    if ops is None:
+        print(f"memory-ceiling row skipped: sizewise's kernels are not built ({kernels.why_not()})")
+        return None
+    seen, nbytes = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            nbytes += t.numel() * t.element_size()
+    buf = torch.ones(nbytes // 8 + 1, dtype=torch.int64)  # written once, so every page is backed
+
+    def rate() -> float:
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            ops.stream_read(buf)
+            ts.append(time.perf_counter() - t0)
+        return buf.numel() * 8 / statistics.median(ts) / 1e9
+
+    rate()
+    return rate
+
+
 def bench_decode(lm, model: str, rounds: int, steps: int) -> tuple[dict, dict]:
     import torch
 
@@ -101,6 +139,9 @@ def bench_decode(lm, model: str, rounds: int, steps: int) -> tuple[dict, dict]:
         rows["sizewise threads=1 (fixed)"] = ([], [])  # default's loaded rate is made of, and what it loses
     if lcpp:
         rows[f"llama.cpp n_threads={n}"] = ([], [])
+    probe = _read_probe(lm.model)
+    if probe:
+        rows[READ_ROW] = ([], [])
     chosen = {"quiet": [], "loaded": []}
     os.environ.pop("SIZEWISE_THREADS", None)
 
@@ -108,6 +149,9 @@ def bench_decode(lm, model: str, rounds: int, steps: int) -> tuple[dict, dict]:
         for name, (q, l) in rows.items():
             if name.startswith("llama.cpp"):
                 rate = lcpp(steps)
+            elif name == READ_ROW:
+                torch.set_num_threads(free_core_threads())
+                rate = probe()
             else:
                 t = n if "old" in name else 1 if "threads=1" in name else free_core_threads()
                 if "default" in name:
@@ -115,7 +159,7 @@ def bench_decode(lm, model: str, rounds: int, steps: int) -> tuple[dict, dict]:
                 torch.set_num_threads(t)
                 rate, _ = decode_speed(lm.model, toks, 1, steps=steps, runs=3)
             (q if slot == 0 else l).append(rate)
-            print(f"  {cond:6s} {name:40s} {rate:7.1f} tok/s", flush=True)
+            print(f"  {cond:6s} {name:40s} {rate:7.1f} {'GB/s' if name == READ_ROW else 'tok/s'}", flush=True)
 
     for r in range(rounds):
         order = ["quiet", "loaded"] if r % 2 == 0 else ["loaded", "quiet"]
@@ -126,7 +170,10 @@ def bench_decode(lm, model: str, rounds: int, steps: int) -> tuple[dict, dict]:
             else:
                 measure(0, cond)
     torch.set_num_threads(n)
-    return {k: _summ(q, l) for k, (q, l) in rows.items()}, chosen
+    out = {k: _summ(q, l) for k, (q, l) in rows.items()}
+    for k, v in out.items():
+        v["unit"] = "GB/s" if k == READ_ROW else "tok/s"  # the *_tok_s keys of the read row hold GB/s
+    return out, chosen
 
 
 def bench_serve(tok, model: str, recipe: str | None, rounds: int, requests: int, max_tokens: int) -> dict:
@@ -208,10 +255,11 @@ def main() -> None:
         print("serve at concurrency 1")
         srv = bench_serve(lm.tokenizer, a.model, a.recipe, a.rounds, a.requests, a.max_tokens)
     t = Table(title=f"quiet vs one competing single-threaded process ({a.model} {a.recipe})")
-    for c in ("what", "quiet tok/s", "loaded tok/s", "retained", "per-round range"):
+    for c in ("what", "quiet", "loaded", "retained", "per-round range"):
         t.add_column(c, justify="left" if c == "what" else "right")
     for name, s in {**dec, **srv}.items():
-        t.add_row(name, f"{s['quiet_median']:.1f}", f"{s['loaded_median']:.1f}", f"{100 * s['retained']:.0f} %",
+        unit = "GB/s" if name == READ_ROW else "tok/s"
+        t.add_row(name, f"{s['quiet_median']:.1f} {unit}", f"{s['loaded_median']:.1f} {unit}", f"{100 * s['retained']:.0f} %",
                   f"{100 * s['retained_range'][0]:.0f}-{100 * s['retained_range'][1]:.0f} %")
     Console(width=140).print(t)
     print(f"free-core policy chose threads: quiet {chosen['quiet']}, loaded {chosen['loaded']}")

@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -773,6 +774,38 @@ at::Tensor decode_layer(const at::Tensor& h_in, const at::Tensor& n1w, double ep
                       {vpool}, slots, tables, ctx, cos, sin, block_size);
 }
 
+// A plain streaming read of t's bytes over torch's thread team, returning their sum as 64-bit words
+// (wrapping) so the reads cannot be optimised away. It is the machine's memory ceiling that batch-1 decode
+// (a stream of weights) is measured against in benchmarks/bench_under_load.py: what one core reads against
+// what all read bounds what decode can keep when a competitor takes a core.
+int64_t stream_read(const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "stream_read: t must be a contiguous CPU tensor");
+  const int64_t bytes = t.numel() * t.element_size();
+  TORCH_CHECK(bytes % 8 == 0, "stream_read: t must hold a whole number of 8-byte words, got ", bytes, " bytes");
+  const char* p = static_cast<const char*>(t.data_ptr());
+  const int64_t lines = bytes / 256;  // 4 x 64 bytes per step; the tail is read word by word below
+  std::atomic<uint64_t> total{0};
+  at::parallel_for(0, lines, 1024, [&](int64_t b0, int64_t b1) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = b0; i < b1; ++i) {
+      const char* q = p + i * 256;
+      a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(q));
+      a1 = _mm512_add_epi64(a1, _mm512_loadu_si512(q + 64));
+      a2 = _mm512_add_epi64(a2, _mm512_loadu_si512(q + 128));
+      a3 = _mm512_add_epi64(a3, _mm512_loadu_si512(q + 192));
+    }
+    const __m512i s = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
+    total.fetch_add(static_cast<uint64_t>(_mm512_reduce_add_epi64(s)), std::memory_order_relaxed);
+  });
+  uint64_t sum = total.load();
+  for (int64_t o = lines * 256; o < bytes; o += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + o, 8);
+    sum += w;
+  }
+  return static_cast<int64_t>(sum);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -787,5 +820,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_stack", &decode_stack, "every layer of a stack for one new token per row, in one call",
         py::call_guard<py::gil_scoped_release>());
   m.def("paged_attention", &paged_attention, "rope, KV write and attention over a paged pool for one new token per row",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("stream_read", &stream_read, "read every byte of t once (the memory-bandwidth probe); returns their 64-bit word sum",
         py::call_guard<py::gil_scoped_release>());
 }

@@ -354,3 +354,22 @@ def test_decode_stack_refuses_what_does_not_fit():
         ops.decode_stack(h, handles, pools, pools, torch.tensor([40]), *args[1:])
     with pytest.raises(RuntimeError, match="head_dim"):
         ops.make_dec_layer(plans[0].n1_w, 1e-6, plans[0].n2_w, 1e-6, *plans[0].whole, 0.125, 60)
+
+
+@needs_ops
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stream_read_reads_every_word_once(threads):
+    """The bandwidth probe must touch each byte exactly once: its sum is the 64-bit word sum (wrapping)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for nbytes in (8, 256, 4096 * 3 + 72, (1 << 20) + 8):  # tails shorter than one 256-byte step, and none
+            t = torch.randint(-(1 << 62), 1 << 62, (nbytes // 8,), dtype=torch.int64)
+            assert ops.stream_read(t) == int(t.sum())
+            assert ops.stream_read(t.view(torch.uint8)) == int(t.sum())  # any dtype: it reads bytes
+    finally:
+        torch.set_num_threads(old)
+    with pytest.raises(RuntimeError, match="whole number of 8-byte words"):
+        ops.stream_read(torch.zeros(12, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.stream_read(torch.zeros(64, 2)[:, 0])
