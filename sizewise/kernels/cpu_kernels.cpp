@@ -86,7 +86,10 @@ inline __m512i q4_lut() {
 
 // Q4, for TM tokens and NB panels of 16 rows: y[t, n] = sum over groups g of [scale(n, g) * d(t, n, g) +
 // zero(n, g) * X(t, g)], where d is the group's sum of (q - 8) * x (pairs of exact products, one vdpbf16ps
-// per 2 inputs, fp32 sums) and X the group's sum of the bf16 activations (its chunk sums, in order). The
+// per 2 inputs, fp32 sums) and X the group's sum of the bf16 activations (its chunk sums, in order). d is
+// summed in two chains, inputs 4u, 4u+1 and inputs 4u+2, 4u+3, added at the group's end: one chain of
+// dependent vdpbf16ps per group was the bound of a single thread's decode (one token: 15.3 -> 16.2 GB/s
+// from memory on one thread, 17.8 -> 19.7 in cache; two threads +1 %). The
 // weights come either decoded on the fly (few tokens: the weights are read once anyway) or from `dec`, the
 // panels already widened to bf16 (q - 8) (many tokens: widened once, reused by every token tile). Both give
 // the same values in the same order, so every (token, row) pair gets the same instruction sequence whatever
@@ -111,7 +114,7 @@ inline __m512 bf16x16(const uint16_t* p) {  // 16 bf16 -> fp32
 template <int TM, int NB, bool DEC>
 inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int64_t P0, const uint16_t* dec, float* y,
                     int64_t ldy, const __m512i& lut) {
-  __m512 acc[TM][NB], d[TM][NB];
+  __m512 acc[TM][NB], d[TM][NB], e[TM][NB];
   for (int t = 0; t < TM; ++t)
     for (int b = 0; b < NB; ++b) acc[t][b] = _mm512_setzero_ps();
   const int64_t K = w.K, G = K / w.gs, quads = w.gs / 4;
@@ -123,7 +126,7 @@ inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int6
   }
   for (int64_t g = 0; g < G; ++g) {
     for (int t = 0; t < TM; ++t)
-      for (int b = 0; b < NB; ++b) d[t][b] = _mm512_setzero_ps();
+      for (int b = 0; b < NB; ++b) d[t][b] = e[t][b] = _mm512_setzero_ps();
     for (int64_t u = g * quads; u < (g + 1) * quads; ++u) {  // 4 inputs: 2 pairs
       __m512bh lo[NB], hi[NB];
       for (int b = 0; b < NB; ++b) {
@@ -140,7 +143,7 @@ inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int6
         const __m512bh x0 = bcast_pair(a.xb + (m0 + t) * K + 4 * u), x1 = bcast_pair(a.xb + (m0 + t) * K + 4 * u + 2);
         for (int b = 0; b < NB; ++b) {
           d[t][b] = _mm512_dpbf16_ps(d[t][b], lo[b], x0);
-          d[t][b] = _mm512_dpbf16_ps(d[t][b], hi[b], x1);
+          e[t][b] = _mm512_dpbf16_ps(e[t][b], hi[b], x1);
         }
       }
     }
@@ -149,7 +152,7 @@ inline void tile_q4(const Lin& w, const Act& a, const float* X, int64_t m0, int6
       if constexpr (!DEC) _mm_prefetch(reinterpret_cast<const char*>(sp + 4 * NB * 32), _MM_HINT_T0);
       const __m512 sc = bf16x16(sp), zr = bf16x16(sp + 16);
       for (int t = 0; t < TM; ++t) {
-        acc[t][b] = _mm512_fmadd_ps(d[t][b], sc, acc[t][b]);
+        acc[t][b] = _mm512_fmadd_ps(_mm512_add_ps(d[t][b], e[t][b]), sc, acc[t][b]);
         acc[t][b] = _mm512_fmadd_ps(zr, _mm512_set1_ps(X[(m0 + t) * G + g]), acc[t][b]);
       }
     }
