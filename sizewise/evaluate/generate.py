@@ -122,12 +122,8 @@ class LeanDecoder:
         ctx = torch.full((b,), p + 1, dtype=torch.long)
         cos, sin = self.cos[p:p + 1].expand(b, -1), self.sin[p:p + 1].expand(b, -1)
         h = self.embed(ids[:, 0]).to(self.dtype)
-        if self._stack is not None:
-            h = decode.run_stack(self._stack, h, self.k_cache, self.v_cache, slots, tables, ctx, cos, sin, self.max_len)
-        else:
-            for i, plan in enumerate(self._plans):
-                h = decode.layer(plan, h, self.head_dim, self.k_cache[i], self.v_cache[i], slots, tables, ctx, cos,
-                                 sin, self.max_len)
+        h = decode.run(self._plans, self._stack, h, self.head_dim, self.k_cache, self.v_cache, slots, tables, ctx, cos,
+                       sin, self.max_len)
         h = F.rms_norm(h, (h.shape[-1],), self.norm_w, self.norm_eps)
         return self.head(h)
 

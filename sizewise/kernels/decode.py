@@ -9,7 +9,7 @@ F.rms_norm, q/k/v in one kernel call (one parallel region, the activations conve
 F.rms_norm, gate/up in one call, SiLU x up, down: about a dozen calls; and where all seven projections
 are int4 on sizewise's kernel with a SiLU MLP, the same sequence as one `decode_layer` call (measured on
 int4-g32-s6 at batch 1: F.rms_norm alone cost 18 us a call, 1.1 ms of an 11 ms token); where every layer
-is such a layer, the whole stack is one `decode_stack` call per step (`stack` / `run_stack`). The modules' own forwards run
+is such a layer, the whole stack is one `decode_stack` call per step (`stack`, `run`). The modules' own forwards run
 wherever a projection is not an int4 module on sizewise's kernel (fp32 or bf16 Linears, int8 kinds),
 so any weight format works; the specs only skip Python around kernels those forwards would call anyway.
 """
@@ -86,7 +86,7 @@ def why_not(pool_dtype: torch.dtype, norms, attns, interleaved_rope: bool) -> st
 
 
 def stack(plans: list[LayerPlan], head_dim: int) -> list | None:
-    """Per-layer handles for `run_stack` (weights checked once) when every layer takes the whole-layer kernel,
+    """Per-layer handles for `run` (weights checked once) when every layer takes the whole-layer kernel,
     else None (the caller goes layer by layer through `layer`)."""
     if not plans or any(p.whole is None for p in plans):
         return None
@@ -94,11 +94,17 @@ def stack(plans: list[LayerPlan], head_dim: int) -> list | None:
     return [ops.make_dec_layer(p.n1_w, p.n1_eps, p.n2_w, p.n2_eps, *p.whole, p.scale, head_dim) for p in plans]
 
 
-def run_stack(handles: list, h: torch.Tensor, kcs: list, vcs: list, slots: torch.Tensor, tables: torch.Tensor,
-              ctx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_size: int) -> torch.Tensor:
-    """h [B, hidden] through every layer in one kernel call (measured on int4-g32-s6 at batch 1: the per-layer
-    calls' Python and argument conversion cost ~15-20 us a layer, 0.5 ms of a 6.7 ms token)."""
-    return kernels.loaded().decode_stack(h, handles, kcs, vcs, slots, tables, ctx, cos, sin, block_size)
+def run(plans: list[LayerPlan], handles: list | None, h: torch.Tensor, head_dim: int, kcs: list, vcs: list,
+        slots: torch.Tensor, tables: torch.Tensor, ctx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        block_size: int) -> torch.Tensor:
+    """h [B, hidden] through every layer, layer i on pools kcs[i] / vcs[i]: one `decode_stack` call when `handles`
+    (from `stack`) are given, else `layer` by layer (measured on int4-g32-s6 at batch 1: the per-layer calls'
+    Python and argument conversion cost ~15-20 us a layer, 0.5 ms of a 6.7 ms token)."""
+    if handles is not None:
+        return kernels.loaded().decode_stack(h, handles, kcs, vcs, slots, tables, ctx, cos, sin, block_size)
+    for p, kc, vc in zip(plans, kcs, vcs, strict=True):
+        h = layer(p, h, head_dim, kc, vc, slots, tables, ctx, cos, sin, block_size)
+    return h
 
 
 def layer(p: LayerPlan, h: torch.Tensor, head_dim: int, kc: torch.Tensor, vc: torch.Tensor, slots: torch.Tensor,

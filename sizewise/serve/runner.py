@@ -196,13 +196,8 @@ class ModelRunner:
         h = self.dec.embed_tokens(ids[None])  # [1, B, hidden]
         cos, sin = self.dec.rotary_emb(h, pos[None])
         h = h[0]
-        if self._stack is not None:
-            h = decode.run_stack(self._stack, h, self.pool.k, self.pool.v, slots, tables, ctx_t, cos[0], sin[0],
-                                 self.pool.block_size)
-        else:
-            for li, plan in enumerate(self._plans):
-                h = decode.layer(plan, h, self.pool.layout.head_dim, self.pool.k[li], self.pool.v[li], slots, tables,
-                                 ctx_t, cos[0], sin[0], self.pool.block_size)
+        h = decode.run(self._plans, self._stack, h, self.pool.layout.head_dim, self.pool.k, self.pool.v, slots, tables,
+                       ctx_t, cos[0], sin[0], self.pool.block_size)
         return self.model.lm_head(self.dec.norm(h)).float()
 
     @staticmethod
