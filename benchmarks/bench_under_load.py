@@ -99,17 +99,13 @@ def _read_probe(model):
     import torch
 
     from sizewise import kernels
+    from sizewise.study import resident_bytes
 
     ops = kernels.ops()
     if ops is None:
         print(f"memory-ceiling row skipped: sizewise's kernels are not built ({kernels.why_not()})")
         return None
-    seen, nbytes = set(), 0
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            nbytes += t.numel() * t.element_size()
-    buf = torch.ones(nbytes // 8 + 1, dtype=torch.int64)  # written once, so every page is backed
+    buf = torch.ones(resident_bytes(model) // 8 + 1, dtype=torch.int64)  # written once, so every page is backed
 
     def rate() -> float:
         ts = []
